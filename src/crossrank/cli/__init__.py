@@ -1,0 +1,8 @@
+"""The `crossrank` command: a thin shell over the library. One module per command group."""
+
+from crossrank.cli import rerank  # noqa: F401  (registers commands)
+from crossrank.cli.app import app
+
+
+def main() -> None:
+    app()

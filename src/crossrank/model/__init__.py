@@ -1,0 +1,1 @@
+"""The transformer engine: checkpoints, pair encoding, batching, torch/ONNX backends, calibration."""

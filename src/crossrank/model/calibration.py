@@ -1,0 +1,103 @@
+"""Map raw relevance logits to probabilities users can threshold.
+
+Without a fitted calibrator a model's probability is sigmoid(logit). Training fits Platt scaling
+(sigmoid(a·logit + b)) or isotonic regression on dev scores and stores it beside the checkpoint as
+`calibration.json`; the engine picks it up when it loads the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+CALIBRATION_FILE = "calibration.json"
+Method = Literal["sigmoid", "platt", "isotonic"]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    method: Method = "sigmoid"
+    a: float = 1.0
+    b: float = 0.0
+    x: tuple[float, ...] = field(default_factory=tuple)  # isotonic knots (sorted logits)
+    y: tuple[float, ...] = field(default_factory=tuple)  # isotonic probabilities at the knots
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.method == "isotonic":
+            return np.interp(logits, self.x, self.y).astype(np.float32)
+        return _sigmoid(self.a * logits + self.b).astype(np.float32)
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: Method = "platt") -> Calibrator:
+        """Fit on dev (logit, binary label) pairs. Platt uses Newton steps on the log-loss (with Platt's
+        target smoothing); isotonic uses pool-adjacent-violators."""
+        logits = np.asarray(logits, dtype=np.float64)
+        labels = (np.asarray(labels) > 0).astype(np.float64)
+        if logits.shape != labels.shape or logits.ndim != 1 or len(logits) < 2:
+            raise ValueError("calibration needs two equal-length 1-d arrays with at least two points")
+        if labels.min() == labels.max():
+            raise ValueError("calibration needs both relevant and non-relevant examples")
+        if method == "platt":
+            return cls._fit_platt(logits, labels)
+        if method == "isotonic":
+            return cls._fit_isotonic(logits, labels)
+        raise ValueError(f"unknown calibration method {method!r}")
+
+    @classmethod
+    def _fit_platt(cls, logits: np.ndarray, labels: np.ndarray) -> Calibrator:
+        positives, negatives = labels.sum(), len(labels) - labels.sum()
+        targets = np.where(labels > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+        a, b = 1.0, 0.0
+        for _ in range(100):
+            p = _sigmoid(a * logits + b)
+            grad = np.array([np.sum((p - targets) * logits), np.sum(p - targets)])
+            w = p * (1 - p) + 1e-12
+            hessian = np.array([[np.sum(w * logits * logits), np.sum(w * logits)], [np.sum(w * logits), np.sum(w)]])
+            step = np.linalg.solve(hessian + 1e-9 * np.eye(2), grad)
+            a, b = a - step[0], b - step[1]
+            if np.abs(step).max() < 1e-10:
+                break
+        return cls(method="platt", a=float(a), b=float(b))
+
+    @classmethod
+    def _fit_isotonic(cls, logits: np.ndarray, labels: np.ndarray) -> Calibrator:
+        order = np.argsort(logits, kind="stable")
+        xs, ys = logits[order], labels[order]
+        blocks: list[list[float]] = []  # [sum, count, x_min, x_max]
+        for x, y in zip(xs, ys, strict=True):
+            blocks.append([y, 1.0, x, x])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+                s, c, _, hi = blocks.pop()
+                blocks[-1][0] += s
+                blocks[-1][1] += c
+                blocks[-1][3] = hi
+        knots_x, knots_y = [], []
+        for s, c, lo, hi in blocks:
+            knots_x += [lo, hi]
+            knots_y += [s / c, s / c]
+        return cls(method="isotonic", x=tuple(knots_x), y=tuple(knots_y))
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / CALIBRATION_FILE
+        payload = {"method": self.method, "a": self.a, "b": self.b, "x": list(self.x), "y": list(self.y)}
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Calibrator:
+        """The stored calibrator of a model directory, or plain sigmoid when there is none."""
+        path = Path(model_dir) / CALIBRATION_FILE
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(method=data["method"], a=float(data.get("a", 1.0)), b=float(data.get("b", 0.0)),
+                   x=tuple(data.get("x", ())), y=tuple(data.get("y", ())))

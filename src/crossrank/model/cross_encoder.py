@@ -1,0 +1,206 @@
+"""The cross-encoder facade: load a checkpoint, score (query, document) pairs, rank documents.
+
+Shaped like sentence-transformers' CrossEncoder (`predict`, `rank`) so users feel at home, and built so that
+what it lacks cannot happen here: inputs are length-sorted and packed by token budget, long documents are
+windowed (or refused) instead of silently cut, logits come with calibrated probabilities, and one instance is
+safe to share across threads (nothing is mutated after construction).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from crossrank.model.backends import Backend, BackendName, load_backend
+from crossrank.model.batching import iter_batches
+from crossrank.model.calibration import Calibrator
+from crossrank.model.checkpoint import Checkpoint
+from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
+from crossrank.types import Document, RankResult
+
+Aggregate = Literal["max", "first", "mean"]
+AGGREGATES = ("max", "first", "mean")
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Per-pair results: aggregated logit, probability, and how many windows the document needed."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    windows: np.ndarray
+
+
+def validate_query(query: Any) -> str:
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty or only whitespace")
+    return query
+
+
+def validate_top_k(top_k: int | None) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+
+
+def default_max_length(checkpoint: Checkpoint) -> int:
+    """The tokenizer config's model_max_length, bounded by the position embeddings and 512."""
+    limit = min(512, checkpoint.max_position_embeddings)
+    config_file = checkpoint.path / "tokenizer_config.json"
+    if config_file.is_file():
+        import json
+
+        declared = json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length")
+        if isinstance(declared, int) and 0 < declared < limit:
+            return declared
+    return limit
+
+
+class CrossEncoder:
+    """Scores (query, document) pairs with a transformer that reads both together."""
+
+    def __init__(self, checkpoint: Checkpoint, backend: Backend, pair_encoder: PairEncoder, pad_id: int,
+                 batch_tokens: int, aggregate: Aggregate, calibrator: Calibrator, quantize: str | None) -> None:
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        if batch_tokens <= 0:
+            raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        self.checkpoint = checkpoint
+        self.backend = backend
+        self.pair_encoder = pair_encoder
+        self.pad_id = pad_id
+        self.batch_tokens = batch_tokens
+        self.aggregate = aggregate
+        self.calibrator = calibrator
+        self.quantize = quantize
+        self.num_labels = checkpoint.num_labels
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        backend: BackendName = "onnx",
+        quantize: Literal["int8"] | None = None,
+        max_length: int | None = None,
+        max_query_tokens: int = 64,
+        batch_tokens: int = 16384,
+        long_documents: LongDocuments = "windows",
+        window_overlap: int = 32,
+        aggregate: Aggregate = "max",
+        threads: int | None = None,
+    ) -> CrossEncoder:
+        """Load a local checkpoint directory (None or "default": the bundled crossrank model).
+
+        `batch_tokens` bounds rows × padded length per forward pass; `threads` sets ONNX Runtime's intra-op
+        threads (for torch it sets torch's process-wide thread count).
+        """
+        checkpoint = Checkpoint.open(path)
+        if checkpoint.num_labels not in (1, 2):
+            raise ValueError(
+                f"{checkpoint.path}: a relevance model needs num_labels 1 (logit) or 2 (softmax, class 1); "
+                f"this one has {checkpoint.num_labels}"
+            )
+        length = max_length or default_max_length(checkpoint)
+        if length > checkpoint.max_position_embeddings:
+            raise ValueError(f"max_length={length} exceeds the model's {checkpoint.max_position_embeddings} positions")
+        tokenizer, pad_id = load_tokenizer(checkpoint.path)
+        encoder = PairEncoder(tokenizer, length, max_query_tokens, long_documents, window_overlap)
+        return cls(checkpoint, load_backend(checkpoint, "classification", backend, quantize, threads), encoder,
+                   pad_id, batch_tokens, aggregate, Calibrator.load(checkpoint.path), quantize)
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def max_length(self) -> int:
+        return self.pair_encoder.max_length
+
+    def __repr__(self) -> str:
+        quant = f", quantize={self.quantize!r}" if self.quantize else ""
+        return f"CrossEncoder({self.name!r}, backend={self.backend.name!r}{quant}, max_length={self.max_length})"
+
+    def predict(self, pairs: Sequence[tuple[str, Any]], *, show_progress_bar: bool = False) -> np.ndarray:
+        """Relevance logits for (query, document) pairs, in input order (sentence-transformers' `predict`)."""
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"pair {i}: expected a (query, document) pair, got {type(pair).__name__}")
+        queries = [validate_query(query) for query, _ in pairs]
+        documents = [Document.coerce(document, i) for i, (_, document) in enumerate(pairs)]
+        return self.score(queries, documents, show_progress_bar=show_progress_bar).logits
+
+    def score(self, queries: Sequence[str], documents: Sequence[Document], *,
+              show_progress_bar: bool = False) -> PairScores:
+        """Score aligned lists of queries and documents: the one place every front end comes through."""
+        if len(queries) != len(documents):
+            raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
+        if not documents:
+            empty = np.zeros(0, dtype=np.float32)
+            return PairScores(empty, empty, np.zeros(0, dtype=np.int64))
+        rows, windows = self.pair_encoder.encode(queries, [document.content for document in documents])
+        row_logits = np.empty(len(rows), dtype=np.float32)
+        batches = iter_batches(rows, self.batch_tokens, self.pad_id)
+        with tqdm(total=len(rows), disable=not show_progress_bar, unit="pair", desc="rerank") as progress:
+            for indices, batch in batches:
+                row_logits[indices] = self._logits(self.backend.run(batch))
+                progress.update(len(indices))
+        logits = self._aggregate(row_logits, windows)
+        return PairScores(logits, self.calibrator(logits), windows)
+
+    def _logits(self, output: np.ndarray) -> np.ndarray:
+        if self.num_labels == 2:  # log-odds of class 1, so sigmoid(logit) equals softmax's class-1 probability
+            return output[:, 1] - output[:, 0]
+        return output[:, 0]
+
+    def _aggregate(self, row_logits: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        if int(windows.max()) == 1:
+            return row_logits
+        starts = np.concatenate([[0], np.cumsum(windows)[:-1]])
+        if self.aggregate == "first":
+            return row_logits[starts]
+        reduce = np.maximum if self.aggregate == "max" else np.add
+        combined = reduce.reduceat(row_logits, starts)
+        return combined / windows if self.aggregate == "mean" else combined
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return self.calibrator(logits)
+
+    def rank(self, query: str, documents: Sequence[Any], top_k: int | None = None,
+             return_documents: bool = True) -> list[RankResult]:
+        """Order documents (strings, Documents or dicts with `text`) by relevance to the query, best first."""
+        return self.rank_many([query], [documents], top_k=top_k, return_documents=return_documents)[0]
+
+    def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[Any]], top_k: int | None = None,
+                  return_documents: bool = True, *, show_progress_bar: bool = False) -> list[list[RankResult]]:
+        """Rank several candidate lists in one pass, batching pairs across queries."""
+        validate_top_k(top_k)
+        if len(queries) != len(candidate_lists):
+            raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
+        queries = [validate_query(query) for query in queries]
+        lists = [list(candidates) for candidates in candidate_lists]
+        flat_queries: list[str] = []
+        flat_documents: list[Document] = []
+        for query, candidates in zip(queries, lists, strict=True):
+            flat_queries += [query] * len(candidates)
+            flat_documents += [Document.coerce(candidate, i) for i, candidate in enumerate(candidates)]
+        scores = self.score(flat_queries, flat_documents, show_progress_bar=show_progress_bar)
+        rankings, offset = [], 0
+        for candidates in lists:
+            span = slice(offset, offset + len(candidates))
+            logits, probabilities, windows = scores.logits[span], scores.probabilities[span], scores.windows[span]
+            order = np.argsort(-logits, kind="stable")[:top_k]
+            rankings.append([
+                RankResult(index=int(i), score=float(logits[i]), probability=float(probabilities[i]),
+                           windows=int(windows[i]), document=candidates[i] if return_documents else None)
+                for i in order
+            ])
+            offset += len(candidates)
+        return rankings

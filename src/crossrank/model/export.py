@@ -1,0 +1,119 @@
+"""ONNX export, once per checkpoint content: torch → ONNX → fused transformer graph → optional dynamic int8.
+
+Exports are cached under `<cache>/onnx/<content-hash>-<head>/`, so a changed checkpoint re-exports and an
+unchanged one never does. A file lock makes concurrent first uses export once; files appear atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from crossrank.model.checkpoint import Checkpoint, cache_dir
+from crossrank.model.graphs import Head, build_graph, input_names
+
+Quantize = Literal["int8"] | None
+QUANTIZATIONS = (None, "int8")
+EXPORT_VERSION = "1"  # bump when the export recipe changes, so old caches are not reused
+log = logging.getLogger(__name__)
+
+
+def export_dir(checkpoint: Checkpoint, head: Head) -> Path:
+    return cache_dir() / "onnx" / f"{checkpoint.content_hash}-{head}-v{EXPORT_VERSION}"
+
+
+def onnx_model_path(checkpoint: Checkpoint, head: Head, quantize: Quantize = None) -> Path:
+    """The cached ONNX file for this checkpoint/head/quantisation, exporting it first if needed."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    directory = export_dir(checkpoint, head)
+    target = directory / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+    if target.is_file():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / ".lock"):
+        fp32 = directory / "model.onnx"
+        if not fp32.is_file():
+            _export_fp32(checkpoint, head, fp32)
+        if quantize == "int8" and not target.is_file():
+            _quantize_int8(fp32, target)
+    return target
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    with lock_file.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _atomic_target(target: Path) -> Iterator[Path]:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _export_fp32(checkpoint: Checkpoint, head: Head, target: Path) -> None:
+    log.info("exporting %s (%s) to ONNX", checkpoint.path, head)
+    graph = build_graph(checkpoint, head)
+    names = input_names(graph)
+    dummy = {name: torch.ones((2, 16), dtype=torch.long) for name in names}
+    dummy["token_type_ids"] = torch.zeros((2, 16), dtype=torch.long)
+    args = tuple(dummy[name] for name in names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"output": {0: "batch"}}
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        raw = Path(scratch) / "raw.onnx"
+        with torch.inference_mode():
+            torch.onnx.export(
+                graph, args, str(raw), dynamo=False, input_names=names, output_names=["output"],
+                dynamic_axes=axes, opset_version=17, do_constant_folding=True,
+            )
+        with _atomic_target(target) as tmp:
+            _fuse_transformer_ops(raw, tmp, checkpoint)
+    (target.parent / "manifest.json").write_text(
+        json.dumps({"source": str(checkpoint.path), "content_hash": checkpoint.content_hash, "head": head,
+                    "inputs": names, "torch": torch.__version__, "export_version": EXPORT_VERSION}, indent=2)
+    )
+
+
+def _fuse_transformer_ops(source: Path, target: Path, checkpoint: Checkpoint) -> None:
+    """Fuse attention, LayerNorm and GELU into ONNX Runtime's contrib kernels (the main CPU speed-up)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = checkpoint.config
+    # The "bert" fusion patterns match every BERT-family encoder; where a pattern does not match
+    # (e.g. DeBERTa's disentangled attention) the graph is left as exported.
+    optimized = optimize_model(
+        str(source), model_type="bert", num_heads=int(config.get("num_attention_heads", 0)),
+        hidden_size=int(config.get("hidden_size", 0)), opt_level=1, use_gpu=False,
+    )
+    optimized.save_model_to_file(str(target))
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8: weights quantised once, activations per batch (uses VNNI where the CPU has it)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The fused graph holds contrib ops shape inference cannot type; their outputs are float.
+    options = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
+    with _atomic_target(target) as tmp:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True, extra_options=options)
