@@ -1,0 +1,184 @@
+"""Judged IR data in its standard files: BEIR folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv,
+runs/*.trec) and TREC run/qrels files, read in place and written back in TREC format."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from crossrank.types import Document
+
+Qrels = dict[str, dict[str, int]]  # query id → doc id → graded relevance
+Run = dict[str, dict[str, float]]  # query id → doc id → score
+
+DATASETS_ENV = "CROSSRANK_DATASETS"
+
+
+def datasets_root() -> Path:
+    """$CROSSRANK_DATASETS, else ../shared/datasets beside the working directory's repository."""
+    if os.environ.get(DATASETS_ENV):
+        return Path(os.environ[DATASETS_ENV])
+    return Path.cwd().parent / "shared" / "datasets"
+
+
+def resolve_dataset(name_or_path: str | os.PathLike[str]) -> Path:
+    """A dataset folder by path, or by name under datasets_root() (e.g. "scifact")."""
+    path = Path(name_or_path)
+    if (path / "corpus.jsonl").is_file() or (path / "queries.jsonl").is_file():
+        return path
+    candidate = datasets_root() / str(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(f"no BEIR dataset at {path} or {candidate} (set ${DATASETS_ENV})")
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
+
+
+def read_corpus(path: Path) -> dict[str, Document]:
+    return {
+        str(row["_id"]): Document(text=row.get("text") or "", title=row.get("title") or "", id=str(row["_id"]),
+                                  metadata=row.get("metadata") or {})
+        for row in iter_jsonl(path)
+    }
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    return {str(row["_id"]): row["text"] for row in iter_jsonl(path)}
+
+
+def read_qrels(path: Path) -> Qrels:
+    """BEIR qrels TSV (query-id, corpus-id, score, with header) or TREC qrels (qid 0 docid rel)."""
+    qrels: Qrels = defaultdict(dict)
+    with path.open(encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle if line.strip()]
+    if not lines:
+        return {}
+    if "\t" in lines[0] and not lines[0].split("\t")[-1].lstrip("-").isdigit():
+        lines = lines[1:]  # BEIR header
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if len(parts) == 3:
+            qid, docid, rel = parts
+        elif len(parts) == 4:
+            qid, _, docid, rel = parts
+        else:
+            raise ValueError(f"{path}: line {number} is neither BEIR (3 columns) nor TREC qrels (4): {line!r}")
+        qrels[qid][docid] = int(float(rel))
+    return dict(qrels)
+
+
+def read_run(path: Path) -> Run:
+    """TREC run: `qid Q0 docid rank score tag`, one line per candidate."""
+    run: Run = defaultdict(dict)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) < 5:
+                raise ValueError(f"{path}: line {number} is not a TREC run line: {line.strip()!r}")
+            run[parts[0]][parts[2]] = float(parts[4])
+    return dict(run)
+
+
+def ranked(run_for_query: Mapping[str, float]) -> list[str]:
+    """Doc ids best first, ties broken by doc id descending as trec_eval does."""
+    return [doc for doc, _ in sorted(run_for_query.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+
+
+def write_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str = "crossrank") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for qid in sorted(run):
+            for rank, docid in enumerate(ranked(run[qid]), start=1):
+                handle.write(f"{qid} Q0 {docid} {rank} {run[qid][docid]:.6f} {tag}\n")
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR folder, loaded lazily: the corpus is only read when asked for."""
+
+    path: Path
+    split: str = "test"
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = resolve_dataset(self.path)
+        self.name = self.path.name
+        if not self.qrels_path.is_file():
+            splits = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
+            raise FileNotFoundError(f"{self.name} has no split {self.split!r}; it has {splits}")
+
+    @property
+    def qrels_path(self) -> Path:
+        return self.path / "qrels" / f"{self.split}.tsv"
+
+    @cached_property
+    def corpus(self) -> dict[str, Document]:
+        return read_corpus(self.path / "corpus.jsonl")
+
+    @cached_property
+    def all_queries(self) -> dict[str, str]:
+        return read_queries(self.path / "queries.jsonl")
+
+    @cached_property
+    def qrels(self) -> Qrels:
+        return read_qrels(self.qrels_path)
+
+    @cached_property
+    def queries(self) -> dict[str, str]:
+        """The queries of this split (those with judgments)."""
+        return {qid: text for qid, text in self.all_queries.items() if qid in self.qrels}
+
+    def run(self, name: str) -> Run:
+        """A shipped first-stage run: `runs/<name>.trec` (e.g. "bm25-top100", "candidates-train")."""
+        path = self.path / "runs" / f"{name}.trec"
+        if not path.is_file():
+            available = sorted(p.stem for p in (self.path / "runs").glob("*.trec"))
+            raise FileNotFoundError(f"{self.name} has no run {name!r}; it has {available}")
+        return read_run(path)
+
+    @property
+    def runs(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / "runs").glob("*.trec"))
+
+
+def parse_dataset_spec(spec: str, default_split: str = "test") -> BeirDataset:
+    """"scifact:train" or "../shared/datasets/wikiqa:dev" → a BeirDataset."""
+    path, _, split = spec.rpartition(":") if ":" in spec else (spec, "", default_split)
+    return BeirDataset(Path(path), split or default_split)
+
+
+def write_qrels(qrels: Qrels, path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["query-id", "corpus-id", "score"])
+        for qid in sorted(qrels):
+            for docid, rel in sorted(qrels[qid].items()):
+                writer.writerow([qid, docid, rel])
+
+
+def iter_pairs(dataset: BeirDataset, run: Run) -> Iterable[tuple[str, str, Document]]:
+    """(query id, query text, document) for every candidate of a run whose query and document exist."""
+    for qid, candidates in run.items():
+        query = dataset.all_queries.get(qid)
+        if query is None:
+            continue
+        for docid in ranked(candidates):
+            document = dataset.corpus.get(docid)
+            if document is not None:
+                yield qid, query, document
