@@ -69,3 +69,93 @@ class RankResult:
         if self.document is not None:
             out["document"] = self.document
         return out
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query as the pipeline sees it: text, an id (needed to start from a TREC run) and metadata filters.
+
+    Filters: `{"field": value}` for equality (a list means any of), `{"field": {"gte": a, "lt": b}}` for ranges
+    (`gt`/`gte`/`lt`/`lte`; timestamps as ISO-8601 strings or numbers compare as stored).
+    """
+
+    text: str
+    id: str | None = None
+    filters: Mapping[str, Any] | None = None
+
+    @classmethod
+    def coerce(cls, value: Any, index: int) -> Query:
+        if isinstance(value, Query):
+            return value
+        if isinstance(value, str):
+            return cls(text=value, id=str(index))
+        raise TypeError(f"query {index}: expected a string or a Query, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One passage moving through the pipeline, with every stage's score and 1-based rank.
+
+    `scores`/`ranks` are keyed by signal name ("bm25", "dense", "fusion", "rerank", ...): a key is absent when
+    that signal never saw the passage (e.g. found by dense only). `score` is the ordering score of the latest
+    stage. Stages never mutate a candidate; they return copies via `with_signal`.
+    """
+
+    id: str
+    doc_id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    scores: Mapping[str, float] = field(default_factory=dict)
+    ranks: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def document(self) -> Document:
+        """The passage as the cross-encoder reads it (title + passage text)."""
+        return Document(text=self.text, title=self.title, id=self.doc_id, metadata=self.metadata)
+
+    def with_signal(self, name: str, score: float, rank: int | None = None, *, order: bool = True) -> Candidate:
+        """A copy with `name`'s score (and rank) recorded; `order=True` also makes it the ordering score."""
+        ranks = dict(self.ranks) if rank is None else {**self.ranks, name: rank}
+        return Candidate(self.id, self.doc_id, self.text, self.title, self.metadata,
+                         float(score) if order else self.score, {**self.scores, name: float(score)}, ranks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "doc_id": self.doc_id, "title": self.title, "text": self.text,
+                "metadata": dict(self.metadata), "score": self.score, "scores": dict(self.scores),
+                "ranks": dict(self.ranks)}
+
+
+@dataclass(frozen=True)
+class StageTrace:
+    """What one stage did for one query: candidates in and out, and milliseconds (the batch's, shared)."""
+
+    stage: str
+    candidates_in: int
+    candidates_out: int
+    ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "in": self.candidates_in, "out": self.candidates_out, "ms": round(self.ms, 3)}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A query's final candidates, best first, and the trace of every stage that produced them."""
+
+    query: Query
+    candidates: list[Candidate]
+    trace: list[StageTrace]
+    first_stage: str | None = None
+
+    def first_stage_rank(self, candidate: Candidate) -> int | None:
+        """Where the first stage placed this candidate (None when the pipeline started from given lists)."""
+        return None if self.first_stage is None else candidate.ranks.get(self.first_stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": {"id": self.query.id, "text": self.query.text},
+            "results": [{**c.to_dict(), "first_stage_rank": self.first_stage_rank(c)} for c in self.candidates],
+            "trace": [t.to_dict() for t in self.trace],
+        }

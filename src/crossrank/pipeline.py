@@ -1,0 +1,271 @@
+"""Multi-stage ranking as a list of stages: retrieve → fuse → rerank → cut, with a trace of what each did.
+
+Every stage maps many queries' candidate lists at once (`run_many`), so a cross-encoder stage scores all
+queries' pairs in one batched pass; `stage(query, candidates)` is the one-query form. A `Pipeline` runs its
+stages in order and returns one `SearchResult` per query: final candidates (each carrying every stage's score
+and rank in `scores` / `ranks`) and a trace (candidates in/out and milliseconds per stage).
+
+    index = Index.open("my-index")
+    pipeline = Pipeline([Retrieve(index, ["bm25", "dense"], k=1000), Fuse("rrf"),
+                         Rerank(CrossEncoder.from_pretrained(), k=100), Cut(10)])
+    result = pipeline.search("what is bm25?", filters={"lang": "en"})
+    result.candidates[0].scores   # {"bm25": 12.3, "dense": 0.61, "fusion": 0.032, "rerank": 4.2, ...}
+    result.first_stage_rank(result.candidates[0])
+
+Starting from given candidates (e.g. a TREC run to rerank): either pass them,
+`Pipeline([Rerank(model, k=100)]).run(queries, candidate_lists)`, or start with `FromRun(run, corpus)`,
+which needs `Query.id`s matching the run's query ids. `candidates_from_documents` builds candidate lists.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fusion, weighted_fusion
+from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace
+
+if TYPE_CHECKING:
+    from crossrank.model.cross_encoder import CrossEncoder
+
+
+def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def ordered(candidates: Sequence[Candidate], signal: str) -> list[Candidate]:
+    """Sort by `score` (best first, ties by id for determinism) and record 1-based ranks under `signal`."""
+    order = sorted(candidates, key=lambda c: (-c.score, c.id))
+    return [c.with_signal(signal, c.score, rank) for rank, c in enumerate(order, start=1)]
+
+
+class Stage(ABC):
+    """One step over many queries: (queries, candidate lists) → candidate lists, aligned with the queries."""
+
+    name: str
+
+    @abstractmethod
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        ...
+
+    def __call__(self, query: str | Query, candidates: Sequence[Candidate] = ()) -> list[Candidate]:
+        return self.run_many([Query.coerce(query, 0)], [list(candidates)])[0]
+
+    def __rshift__(self, other: Stage | Pipeline) -> Pipeline:
+        return Pipeline([self]) >> other
+
+
+class Retriever(Protocol):
+    """What `Retrieve` needs from an index: top-k candidates per query for a named retriever."""
+
+    def retrieve(self, retriever: str, queries: Sequence[Query], k: int) -> list[list[Candidate]]:
+        ...
+
+
+class Retrieve(Stage):
+    """First stage: top-k from each named retriever of an index ("bm25", "dense"), united by passage id.
+
+    Each candidate keeps each retriever's score and rank (absent where that retriever missed it). With one
+    retriever the output is its ranking; with several it is ordered by best rank across them (rank recorded as
+    "retrieve") — follow it with `Fuse` for a real combination. Candidates passed in are kept in the union.
+    """
+
+    def __init__(self, index: Retriever, retrievers: Sequence[str] | str = ("bm25", "dense"), k: int = 1000,
+                 name: str = "retrieve") -> None:
+        retrievers = [retrievers] if isinstance(retrievers, str) else list(retrievers)
+        if not retrievers:
+            raise ValueError("Retrieve needs at least one retriever name")
+        _positive("k", k)
+        self.index, self.retrievers, self.k, self.name = index, retrievers, k, name
+
+    def __repr__(self) -> str:
+        return f"Retrieve({self.retrievers}, k={self.k})"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        per_retriever = [self.index.retrieve(name, queries, self.k) for name in self.retrievers]
+        out = []
+        for i, given in enumerate(candidate_lists):
+            union: dict[str, Candidate] = {c.id: c for c in given}
+            for hits in per_retriever:
+                for hit in hits[i]:
+                    known = union.get(hit.id)
+                    union[hit.id] = hit if known is None else Candidate(
+                        known.id, known.doc_id, known.text, known.title, known.metadata, known.score,
+                        {**known.scores, **hit.scores}, {**known.ranks, **hit.ranks})
+            if len(self.retrievers) == 1 and not given:
+                out.append(ordered(list(union.values()), self.name))
+                continue
+            best = {cid: min(c.ranks.get(r, 1 << 30) for r in self.retrievers) for cid, c in union.items()}
+            ranked = sorted(union.values(), key=lambda c: (best[c.id], c.id))
+            out.append([c.with_signal(self.name, 1.0 / best[c.id], rank) for rank, c in enumerate(ranked, 1)])
+        return out
+
+
+class FromRun(Stage):
+    """First stage from a fixed run (query id → doc id → score) over a corpus: rerank published candidates."""
+
+    def __init__(self, run: Mapping[str, Mapping[str, float]], corpus: Mapping[str, Document], k: int | None = None,
+                 name: str = "run") -> None:
+        _positive("k", k, allow_none=True)
+        self.run, self.corpus, self.k, self.name = run, corpus, k, name
+
+    def __repr__(self) -> str:
+        return f"FromRun({len(self.run)} queries, k={self.k})"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        out = []
+        for query, given in zip(queries, candidate_lists, strict=True):
+            if query.id is None:
+                raise ValueError(f"FromRun needs query ids; query {query.text!r} has none")
+            ranking = sorted(self.run.get(query.id, {}).items(), key=lambda item: (-item[1], item[0]))[: self.k]
+            candidates = list(given)
+            for doc_id, score in ranking:
+                document = self.corpus.get(doc_id)
+                if document is None:
+                    raise KeyError(f"run for query {query.id} names document {doc_id!r}, which is not in the corpus")
+                candidates.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
+                                            float(score)))
+            out.append(ordered(candidates, self.name))
+        return out
+
+
+def candidates_from_documents(documents: Sequence[Any]) -> list[Candidate]:
+    """Candidates from strings, Documents or mappings, in the given order (rank 1 first, id = position if none)."""
+    out = []
+    for i, value in enumerate(documents):
+        document = Document.coerce(value, i)
+        doc_id = document.id if document.id is not None else str(i)
+        out.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
+                             float(len(documents) - i)))
+    return out
+
+
+class Fuse(Stage):
+    """Combine retrievers' signals per query: "rrf" (ranks, k=60) or "weighted" (normalised scores)."""
+
+    METHODS = ("rrf", "weighted")
+
+    def __init__(self, method: str = "rrf", sources: Sequence[str] = ("bm25", "dense"),
+                 weights: Mapping[str, float] | None = None, k: int = RRF_K, normalization: str = "minmax",
+                 name: str = "fusion") -> None:
+        if method not in self.METHODS:
+            raise ValueError(f"fusion method must be one of {self.METHODS}, got {method!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if weights is not None and set(weights) - set(sources):
+            raise ValueError(f"weights name unknown sources {sorted(set(weights) - set(sources))}")
+        self.method, self.sources, self.weights, self.k = method, list(sources), weights, k
+        self.normalization, self.name = normalization, name
+
+    def __repr__(self) -> str:
+        return f"Fuse({self.method!r}, sources={self.sources})"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        out = []
+        for candidates in candidate_lists:
+            if self.method == "rrf":
+                signals = {s: {c.id: c.ranks[s] for c in candidates if s in c.ranks} for s in self.sources}
+                fused = reciprocal_rank_fusion(signals, self.k, self.weights)
+            else:
+                signals = {s: {c.id: c.scores[s] for c in candidates if s in c.scores} for s in self.sources}
+                fused = weighted_fusion(signals, self.weights, self.normalization)
+            scored = [c.with_signal(self.name, fused.get(c.id, 0.0)) for c in candidates]
+            out.append(ordered(scored, self.name))
+        return out
+
+
+class Rerank(Stage):
+    """Cross-encoder over the top k of each list; all queries' pairs go through the model in one batched call.
+
+    Records the logit as "rerank" (with rank) and the calibrated probability as "rerank_probability".
+    Candidates below k are dropped.
+    """
+
+    def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank") -> None:
+        _positive("k", k)
+        self.model, self.k, self.name = model, k, name
+
+    def __repr__(self) -> str:
+        return f"Rerank({self.model.name!r}, k={self.k})"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        heads = [list(candidates[: self.k]) for candidates in candidate_lists]
+        flat_queries = [query.text for query, head in zip(queries, heads, strict=True) for _ in head]
+        scores = self.model.score(flat_queries, [c.document for head in heads for c in head])
+        out, offset = [], 0
+        for head in heads:
+            scored = [
+                c.with_signal(self.name, scores.logits[offset + i]).with_signal(
+                    f"{self.name}_probability", scores.probabilities[offset + i], order=False)
+                for i, c in enumerate(head)
+            ]
+            offset += len(head)
+            out.append(ordered(scored, self.name))
+        return out
+
+
+class Cut(Stage):
+    """Keep the first k candidates of each list."""
+
+    def __init__(self, k: int, name: str = "cut") -> None:
+        _positive("k", k)
+        self.k, self.name = k, name
+
+    def __repr__(self) -> str:
+        return f"Cut({self.k})"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        return [list(candidates[: self.k]) for candidates in candidate_lists]
+
+
+class Pipeline:
+    """Stages run in order over many queries at once; `search` is the one-query form."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        stages = list(stages)
+        if not stages:
+            raise ValueError("a Pipeline needs at least one stage")
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, Stage):
+                raise TypeError(f"stage {i}: expected a Stage, got {type(stage).__name__}")
+        self.stages = stages
+
+    def __repr__(self) -> str:
+        return " >> ".join(repr(stage) for stage in self.stages)
+
+    def __rshift__(self, other: Stage | Pipeline) -> Pipeline:
+        return Pipeline(self.stages + (other.stages if isinstance(other, Pipeline) else [other]))
+
+    def run(self, queries: Sequence[str | Query], candidate_lists: Sequence[Sequence[Candidate]] | None = None,
+            *, filters: Mapping[str, Any] | None = None) -> list[SearchResult]:
+        """Run every stage over all queries. `filters` applies to queries that carry none of their own."""
+        parsed = [Query.coerce(q, i) for i, q in enumerate(queries)]
+        for i, query in enumerate(parsed):
+            if not isinstance(query.text, str) or not query.text.strip():
+                raise ValueError(f"query {i} is empty or only whitespace")
+        if filters is not None:
+            parsed = [q if q.filters is not None else Query(q.text, q.id, filters) for q in parsed]
+        if candidate_lists is None:
+            lists: list[list[Candidate]] = [[] for _ in parsed]
+        else:
+            if len(candidate_lists) != len(parsed):
+                raise ValueError(f"{len(parsed)} queries but {len(candidate_lists)} candidate lists")
+            lists = [list(c) for c in candidate_lists]
+        traces: list[list[StageTrace]] = [[] for _ in parsed]
+        for stage in self.stages:
+            start = time.perf_counter()
+            new_lists = stage.run_many(parsed, lists)
+            ms = (time.perf_counter() - start) * 1000
+            for trace, before, after in zip(traces, lists, new_lists, strict=True):
+                trace.append(StageTrace(stage.name, len(before), len(after), ms))
+            lists = new_lists
+        first = None if candidate_lists is not None else self.stages[0].name
+        return [SearchResult(q, c, t, first) for q, c, t in zip(parsed, lists, traces, strict=True)]
+
+    def search(self, query: str | Query, filters: Mapping[str, Any] | None = None) -> SearchResult:
+        return self.run([query], filters=filters)[0]

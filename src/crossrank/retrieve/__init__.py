@@ -1,0 +1,1 @@
+"""First-stage retrievers over an Index (BM25 on tantivy, dense on FAISS) and rank fusion."""

@@ -1,0 +1,107 @@
+"""Pipeline mechanics: stage composition, per-stage scores and ranks, the trace, batching across queries."""
+
+from __future__ import annotations
+
+import pytest
+
+from crossrank.pipeline import Cut, FromRun, Fuse, Pipeline, Rerank, candidates_from_documents
+from crossrank.retrieve.fusion import reciprocal_rank_fusion, weighted_fusion
+from crossrank.types import Candidate, Document, Query
+
+CORPUS = {
+    "d1": Document("BM25 is a bag-of-words ranking function.", title="BM25", id="d1"),
+    "d2": Document("Cross-encoders read the query and document together.", title="Cross-encoders", id="d2"),
+    "d3": Document("Paris is the capital of France.", id="d3"),
+}
+RUN = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d3": 5.0, "d1": 4.0}}
+
+
+def test_from_run_orders_by_score_and_records_rank():
+    result = Pipeline([FromRun(RUN, CORPUS)]).run([Query("bm25", id="q1"), Query("paris", id="q2")])
+    assert [c.id for c in result[0].candidates] == ["d1", "d2", "d3"]
+    assert [c.ranks["run"] for c in result[1].candidates] == [1, 2]
+    assert result[1].candidates[0].scores["run"] == 5.0
+    assert result[0].first_stage_rank(result[0].candidates[2]) == 3
+
+
+def test_from_run_unknown_document_is_a_clear_error():
+    with pytest.raises(KeyError, match="not in the corpus"):
+        Pipeline([FromRun({"q1": {"nope": 1.0}}, CORPUS)]).run([Query("x", id="q1")])
+
+
+def test_rerank_batches_all_queries_in_one_model_call(tiny_model_dir):
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(tiny_model_dir)
+    calls = []
+    original = model.score
+
+    def counting(queries, documents, **kwargs):
+        calls.append(len(queries))
+        return original(queries, documents, **kwargs)
+
+    model.score = counting  # type: ignore[method-assign]
+    pipeline = FromRun(RUN, CORPUS) >> Rerank(model, k=2) >> Cut(1)
+    results = pipeline.run([Query("bm25", id="q1"), Query("paris", id="q2")])
+    assert calls == [4]  # 2 + 2 pairs, one pass
+    expected = model.score(["bm25", "bm25"], [CORPUS["d1"], CORPUS["d2"]]).logits
+    top = results[0].candidates[0]
+    assert top.scores["rerank"] == pytest.approx(float(max(expected)), rel=1e-5)
+    assert top.ranks["rerank"] == 1 and "run" in top.ranks and "rerank_probability" in top.scores
+    trace = results[0].trace
+    assert [(t.stage, t.candidates_in, t.candidates_out) for t in trace] == [
+        ("run", 0, 3), ("rerank", 3, 2), ("cut", 2, 1)]
+    assert all(t.ms >= 0 for t in trace)
+
+
+def test_given_candidate_lists_start_the_pipeline(tiny_model_dir):
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(tiny_model_dir)
+    lists = [candidates_from_documents(["a cat", {"text": "a dog", "id": "dog"}])]
+    result = Pipeline([Rerank(model, k=10)]).run(["pets"], lists)[0]
+    assert {c.id for c in result.candidates} == {"0", "dog"}
+    assert result.first_stage_rank(result.candidates[0]) is None
+
+
+def _cand(cid, **signals):
+    scores = {k: v[0] for k, v in signals.items()}
+    ranks = {k: v[1] for k, v in signals.items()}
+    return Candidate(cid, cid, cid, scores=scores, ranks=ranks)
+
+
+def test_fuse_rrf_and_weighted():
+    candidates = [_cand("a", bm25=(10.0, 1)), _cand("b", bm25=(5.0, 2), dense=(0.9, 1)), _cand("c", dense=(0.1, 2))]
+    rrf = Fuse("rrf")("q", candidates)
+    assert [c.id for c in rrf] == ["b", "a", "c"]
+    assert rrf[0].scores["fusion"] == pytest.approx(1 / 62 + 1 / 61)
+    weighted = Fuse("weighted", weights={"bm25": 1.0, "dense": 0.0})("q", candidates)
+    assert [c.id for c in weighted][:2] == ["a", "b"]
+    assert weighted[0].ranks["fusion"] == 1 and weighted[0].ranks["bm25"] == 1
+
+
+def test_fusion_functions_validate():
+    assert reciprocal_rank_fusion({"x": {"a": 1}}, k=0) == {"a": 1.0}
+    with pytest.raises(ValueError, match="1-based"):
+        reciprocal_rank_fusion({"x": {"a": 0}})
+    with pytest.raises(ValueError, match="unknown sources"):
+        weighted_fusion({"x": {"a": 1.0}}, weights={"y": 1.0})
+    assert weighted_fusion({"x": {"a": 3.0, "b": 1.0}}) == {"a": 1.0, "b": 0.0}
+    with pytest.raises(ValueError, match="normalization"):
+        Fuse("weighted", normalization="rank")
+    with pytest.raises(ValueError, match="fusion method"):
+        Fuse("borda")
+
+
+def test_pipeline_validation():
+    with pytest.raises(ValueError, match="at least one stage"):
+        Pipeline([])
+    with pytest.raises(TypeError, match="expected a Stage"):
+        Pipeline([lambda q, c: c])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="empty"):
+        Pipeline([Cut(1)]).run(["  "], [[]])
+    with pytest.raises(ValueError, match="candidate lists"):
+        Pipeline([Cut(1)]).run(["a", "b"], [[]])
+    with pytest.raises(ValueError, match="positive integer"):
+        Cut(0)
+    assert repr(Cut(3) >> Cut(2)) == "Cut(3) >> Cut(2)"
