@@ -54,17 +54,28 @@ class Calibrator:
 
     @classmethod
     def _fit_platt(cls, logits: np.ndarray, labels: np.ndarray) -> Calibrator:
+        """Newton's method with backtracking (Lin, Lin & Weng's robust form of Platt's algorithm)."""
         positives, negatives = labels.sum(), len(labels) - labels.sum()
         targets = np.where(labels > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-        a, b = 1.0, 0.0
+
+        def loss(a: float, b: float) -> float:
+            z = a * logits + b
+            return float(np.sum(np.logaddexp(0.0, z) - targets * z))
+
+        a, b = 0.0, float(np.log((positives + 1) / (negatives + 1)))
+        current = loss(a, b)
         for _ in range(100):
             p = _sigmoid(a * logits + b)
             grad = np.array([np.sum((p - targets) * logits), np.sum(p - targets)])
             w = p * (1 - p) + 1e-12
             hessian = np.array([[np.sum(w * logits * logits), np.sum(w * logits)], [np.sum(w * logits), np.sum(w)]])
             step = np.linalg.solve(hessian + 1e-9 * np.eye(2), grad)
-            a, b = a - step[0], b - step[1]
-            if np.abs(step).max() < 1e-10:
+            scale = 1.0
+            while scale > 1e-8 and loss(a - scale * step[0], b - scale * step[1]) > current:
+                scale /= 2
+            a, b = a - scale * step[0], b - scale * step[1]
+            previous, current = current, loss(a, b)
+            if abs(previous - current) < 1e-10 * max(1.0, abs(current)):
                 break
         return cls(method="platt", a=float(a), b=float(b))
 
