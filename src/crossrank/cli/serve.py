@@ -1,0 +1,113 @@
+"""`crossrank serve` (HTTP, optionally under Ray Serve) and `crossrank rerank-batch` (Ray Data, offline).
+Every `serve` flag can also come from its CROSSRANK_* environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossrank.cli.app import app
+
+
+def _opt(help: str, env: str, *names: str) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, envvar=f"CROSSRANK_{env}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, _opt("Checkpoint directory (default: bundled model).", "MODEL", "--model", "-m")] = None,
+    host: Annotated[str, _opt("Bind address.", "HOST", "--host")] = "127.0.0.1",
+    port: Annotated[int, _opt("Port.", "PORT", "--port")] = 8080,
+    backend: Annotated[str, _opt("onnx or torch.", "BACKEND", "--backend")] = "onnx",
+    int8: Annotated[bool, _opt("Dynamic int8 ONNX model.", "INT8", "--int8")] = False,
+    threads: Annotated[int | None, _opt("Inference threads per worker.", "THREADS", "--threads")] = None,
+    batch_tokens: Annotated[int, _opt("Estimated tokens per merged batch.", "BATCH_TOKENS", "--batch-tokens")] = 32768,
+    max_wait_ms: Annotated[float, _opt("Longest wait for a batch to fill.", "MAX_WAIT_MS", "--max-wait-ms")] = 2.0,
+    max_queue_pairs: Annotated[int, _opt("Queue bound; beyond it 503 + Retry-After.", "MAX_QUEUE_PAIRS",
+                                         "--max-queue-pairs")] = 20000,
+    timeout: Annotated[float, _opt("Per-request timeout, seconds.", "REQUEST_TIMEOUT", "--timeout")] = 60.0,
+    workers: Annotated[int, _opt("Concurrent scoring batches.", "WORKERS", "--workers")] = 1,
+    max_documents: Annotated[int, _opt("Documents per request.", "MAX_DOCUMENTS", "--max-documents")] = 1000,
+    max_chars: Annotated[int, _opt("Characters per document.", "MAX_CHARS", "--max-chars")] = 20000,
+    max_body_bytes: Annotated[int, _opt("Request body bytes.", "MAX_BODY_BYTES", "--max-body-bytes")] = 16 << 20,
+    api_keys_file: Annotated[Path | None, _opt("File of API keys, one a line (also CROSSRANK_API_KEYS, "
+                                               "comma-separated).", "API_KEYS_FILE", "--api-keys-file")] = None,
+    index_root: Annotated[Path | None, _opt("Directory of named indexes for /search.", "INDEX_ROOT",
+                                            "--index-root")] = None,
+    drain_seconds: Annotated[float, _opt("Graceful drain on SIGTERM.", "DRAIN_SECONDS", "--drain-seconds")] = 30.0,
+    log_level: Annotated[str, _opt("Log level.", "LOG_LEVEL", "--log-level")] = "info",
+    ray: Annotated[bool, typer.Option("--ray", help="Run under Ray Serve.")] = False,
+    replicas: Annotated[int, _opt("Ray Serve replicas.", "REPLICAS", "--replicas")] = 1,
+    min_replicas: Annotated[int | None, _opt("Autoscaling lower bound (enables autoscaling).", "MIN_REPLICAS",
+                                             "--min-replicas")] = None,
+    max_replicas: Annotated[int | None, _opt("Autoscaling upper bound.", "MAX_REPLICAS", "--max-replicas")] = None,
+    target_ongoing: Annotated[float, _opt("Autoscaling target ongoing requests per replica.", "TARGET_ONGOING",
+                                          "--target-ongoing")] = 32.0,
+    cpus_per_replica: Annotated[float, _opt("CPUs reserved per replica.", "CPUS_PER_REPLICA",
+                                            "--cpus-per-replica")] = 1.0,
+    ray_address: Annotated[str | None, _opt("Join this Ray cluster ('auto' for the local head).", "RAY_ADDRESS",
+                                            "--ray-address")] = None,
+) -> None:
+    """Serve Cohere/Jina-compatible rerank endpoints (and /search) over HTTP."""
+    from crossrank.server.config import ServerConfig, read_api_keys
+    from crossrank.server.logs import configure_json_logging
+
+    try:
+        config = ServerConfig(
+            model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
+            batch_tokens=batch_tokens, max_wait_ms=max_wait_ms, max_queue_pairs=max_queue_pairs,
+            request_timeout_s=timeout, workers=workers, max_documents=max_documents,
+            max_chars_per_document=max_chars, max_body_bytes=max_body_bytes,
+            api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    configure_json_logging(log_level)
+    if ray:
+        from crossrank.server.ray_serve import run_serve
+
+        autoscaling = None
+        if min_replicas is not None or max_replicas is not None:
+            autoscaling = {"min_replicas": min_replicas or 1, "max_replicas": max_replicas or max(replicas, 1),
+                           "target_ongoing_requests": target_ongoing}
+        run_serve(config, host=host, port=port, address=ray_address, replicas=replicas, autoscaling=autoscaling,
+                  num_cpus=cpus_per_replica)
+        return
+    import uvicorn
+
+    from crossrank.server.app import create_app
+
+    uvicorn.run(create_app(config), host=host, port=port, access_log=False, log_config=None,
+                timeout_graceful_shutdown=drain_seconds)
+
+
+@app.command("rerank-batch")
+def rerank_batch(
+    source: Annotated[Path, typer.Argument(help="JSONL: {\"id\", \"query\", \"documents\": [...]} per line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of ranked results, input order.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint directory.")] = None,
+    actors: Annotated[int, typer.Option(help="Model-holding actors.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Queries per actor call.")] = 16,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Keep the best K per query.")] = None,
+    backend: Annotated[str, typer.Option(help="onnx or torch.")] = "onnx",
+    threads: Annotated[int | None, typer.Option(help="Inference threads per actor.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
+) -> None:
+    """Rerank a large (query, candidates) file offline with Ray Data and model-holding actors."""
+    import ray
+
+    from crossrank.server.batch_scoring import rerank_file
+
+    ray.init(address=ray_address)
+    try:
+        count = rerank_file(source, output, model=model, actors=actors, batch_size=batch_size, top_k=top_k,
+                            backend=backend, threads=threads)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        ray.shutdown()
+    typer.echo(f"{count} queries reranked -> {output}")

@@ -1,0 +1,223 @@
+"""Micro-batching across requests: concurrent requests share one `score` call, sized by an estimated token budget.
+
+Requests wait in a bounded queue; a collector closes a batch when the budget is full or `max_wait_ms` passed,
+and hands it to a worker thread (tokenisation and inference never run on the event loop). While the worker is
+busy the queue fills, so batches grow with load on their own. The engine then sorts the concatenated pairs by
+length and packs them by its own token budget; results are split back per request.
+
+Failure isolation (what infinity issue #242 lacked): if a combined batch raises, each of its requests is retried
+alone, so only the request that actually fails gets the error and the server keeps serving. A request that timed
+out or whose client left is skipped if it has not been scored yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crossrank.server.metrics import Metrics
+from crossrank.server.scoring import PairScorer, ScoredPairs
+
+log = logging.getLogger("crossrank.server")
+
+
+class Overloaded(Exception):
+    """The queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimedOut(Exception):
+    """The request was not answered within the per-request timeout."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+def estimate_tokens(query: str, text: str, cap: int | None) -> int:
+    """A cheap pre-tokenisation estimate (about 4 characters a token) used only to size batches."""
+    tokens = math.ceil(len(text) / 4)
+    if cap is not None:
+        tokens = min(tokens, cap)
+    return tokens + math.ceil(len(query) / 4) + 3
+
+
+@dataclass(eq=False)
+class _Pending:
+    queries: list[str]
+    texts: list[str]
+    caps: list[int | None]
+    cost: int
+    future: asyncio.Future[ScoredPairs] = field(repr=False)
+
+
+class MicroBatcher:
+    """Collects concurrent requests into batches for a `PairScorer` running on `workers` threads."""
+
+    def __init__(self, scorer: PairScorer, *, batch_tokens: int = 32768, max_wait_ms: float = 2.0,
+                 max_queue_pairs: int = 20000, request_timeout_s: float = 60.0, workers: int = 1,
+                 metrics: Metrics | None = None) -> None:
+        self.scorer = scorer
+        self.batch_tokens = batch_tokens
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue_pairs = max_queue_pairs
+        self.request_timeout_s = request_timeout_s
+        self.workers = workers
+        self.metrics = metrics
+        self.queued_pairs = 0
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not all(task.done() for task in self._tasks)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="crossrank-score")
+        self._tasks = [asyncio.create_task(self._collect(), name=f"batcher-{i}") for i in range(self.workers)]
+
+    async def close(self) -> None:
+        """Finish everything already queued, then stop the collectors and the worker threads."""
+        if self._queue is None:
+            return
+        self._closing = True
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._queue, self._tasks, self._executor, self._closing = None, [], None, False
+
+    async def submit(self, queries: Sequence[str], texts: Sequence[str], caps: Sequence[int | None],
+                     disconnected: Callable[[], Awaitable[bool]] | None = None) -> ScoredPairs:
+        """Score aligned pairs together with whatever else is queued; raise Overloaded, RequestTimedOut or
+        ClientDisconnected instead of waiting forever."""
+        if self._queue is None or self._closing:
+            raise Overloaded("the server is not accepting work (starting or draining)", retry_after=1)
+        if not texts:
+            return ScoredPairs(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+        if self.queued_pairs + len(texts) > self.max_queue_pairs:
+            raise Overloaded(f"queue full ({self.queued_pairs} pairs waiting, limit {self.max_queue_pairs})",
+                             retry_after=max(1, math.ceil(self.queued_pairs / 1000)))
+        cost = sum(estimate_tokens(q, t, c) for q, t, c in zip(queries, texts, caps, strict=True))
+        future: asyncio.Future[ScoredPairs] = asyncio.get_running_loop().create_future()
+        self.queued_pairs += len(texts)
+        self._gauge()
+        self._queue.put_nowait(_Pending(list(queries), list(texts), list(caps), cost, future))
+        watcher = asyncio.create_task(self._watch(disconnected)) if disconnected else None
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                done, _ = await asyncio.wait({future} | ({watcher} if watcher else set()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise RequestTimedOut(f"no answer within {self.request_timeout_s:g}s") from None
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if not future.done():
+                future.cancel()  # the collector skips it if it has not been scored yet
+        if future in done:
+            return future.result()
+        raise ClientDisconnected("client disconnected")
+
+    @staticmethod
+    async def _watch(disconnected: Callable[[], Awaitable[bool]]) -> None:
+        while not await disconnected():
+            await asyncio.sleep(0.05)
+
+    async def _collect(self) -> None:
+        assert self._queue is not None
+        queue, loop = self._queue, asyncio.get_running_loop()
+        carry: _Pending | None = None
+        stopping = False
+        while not stopping or carry is not None:
+            first = carry if carry is not None else await queue.get()
+            carry = None
+            if first is None:
+                break
+            batch, cost = [first], first.cost
+            deadline = loop.time() + self.max_wait
+            while cost < self.batch_tokens:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    stopping = True
+                    break
+                if cost + item.cost > self.batch_tokens:
+                    carry = item
+                    break
+                batch.append(item)
+                cost += item.cost
+            await self._run(batch, loop)
+
+    async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        self.queued_pairs -= sum(len(item.texts) for item in batch)
+        self._gauge()
+        live = [item for item in batch if not item.future.done()]
+        if not live:
+            return
+        if self.metrics:
+            self.metrics.batch_requests.observe(len(live))
+            self.metrics.batch_pairs.observe(sum(len(item.texts) for item in live))
+        outcomes = await loop.run_in_executor(self._executor, self._score, live)
+        for item, outcome in zip(live, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _score(self, batch: list[_Pending]) -> list[ScoredPairs | BaseException]:
+        """Score the batch in one call; on failure, score each request alone so only the culprit fails."""
+        try:
+            scored = self.scorer([q for item in batch for q in item.queries], [t for item in batch for t in item.texts],
+                                 [c for item in batch for c in item.caps])
+        except Exception as exc:  # noqa: BLE001 - isolated below, never lost
+            if self.metrics:
+                self.metrics.batch_failures.inc()
+            log.warning("batch of %d requests failed (%s); retrying each alone", len(batch), type(exc).__name__)
+            if len(batch) == 1:
+                return [exc]
+            return [self._score_alone(item) for item in batch]
+        if self.metrics:
+            self.metrics.tokens.inc(int(scored.tokens.sum()))
+        outcomes: list[ScoredPairs | BaseException] = []
+        offset = 0
+        for item in batch:
+            outcomes.append(scored.slice(offset, offset + len(item.texts)))
+            offset += len(item.texts)
+        return outcomes
+
+    def _score_alone(self, item: _Pending) -> ScoredPairs | BaseException:
+        try:
+            scored = self.scorer(item.queries, item.texts, item.caps)
+        except Exception as exc:  # noqa: BLE001 - becomes this request's error
+            return exc
+        if self.metrics:
+            self.metrics.tokens.inc(int(scored.tokens.sum()))
+        return scored
+
+    def _gauge(self) -> None:
+        if self.metrics:
+            self.metrics.queue_pairs.set(self.queued_pairs)

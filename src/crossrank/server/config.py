@@ -1,0 +1,54 @@
+"""Server settings in one frozen value: built from CLI flags (which also read CROSSRANK_* env vars) or by code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the app needs; defaults are safe for a single CPU host."""
+
+    model: str | None = None
+    backend: str = "onnx"
+    quantize: str | None = None
+    threads: int | None = None
+    # Micro-batching: estimated tokens per combined call, how long a batch waits to fill, queue bound, timeout.
+    batch_tokens: int = 32768
+    max_wait_ms: float = 2.0
+    max_queue_pairs: int = 20000
+    request_timeout_s: float = 60.0
+    workers: int = 1
+    # Limits on one request.
+    max_documents: int = 1000
+    max_chars_per_document: int = 20000
+    max_body_bytes: int = 16 * 1024 * 1024
+    # Bearer keys; empty means the API is open (bind to loopback in that case).
+    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+    # Named indexes for /search live under this directory (None: search endpoints answer 404).
+    index_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("batch_tokens", "max_queue_pairs", "workers", "max_documents", "max_chars_per_document",
+                    "max_body_bytes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise ValueError("API keys must be non-empty and carry no surrounding whitespace")
+
+
+def read_api_keys(env_value: str | None, file: Path | None) -> frozenset[str]:
+    """Keys from a comma-separated env value and/or a file with one key per line ('#' starts a comment)."""
+    keys = {key.strip() for key in (env_value or "").split(",") if key.strip()}
+    if file is not None:
+        if not file.is_file():
+            raise ValueError(f"API key file not found: {file}")
+        for line in file.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.add(line)
+    return frozenset(keys)

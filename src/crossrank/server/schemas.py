@@ -1,0 +1,128 @@
+"""Request and response bodies for the rerank endpoints, shaped exactly as Cohere's v1/v2 and Jina's clients
+send and parse them. Unknown request fields are ignored (clients add new ones, e.g. Cohere's `priority`);
+optional fields accept explicit nulls because the SDKs send them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DocumentIn = str | dict[str, Any]
+
+
+def document_text(document: DocumentIn, index: int, rank_fields: list[str] | None) -> str:
+    """The text the model reads: the string itself, an object's `text`, or its `rank_fields` as "key: value"
+    lines in the given order (Cohere v1)."""
+    if isinstance(document, str):
+        return document
+    if rank_fields is None:
+        text = document.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"documents[{index}]: an object needs a string 'text' field (or pass rank_fields)")
+        return text
+    lines = []
+    for name in rank_fields:
+        value = document.get(name)
+        if value is None:
+            raise ValueError(f"documents[{index}]: rank field {name!r} is missing")
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"documents[{index}]: rank field {name!r} must be a string or number")
+        lines.append(f"{name}: {value}")
+    return "\n".join(lines)
+
+
+def document_out(document: DocumentIn) -> dict[str, Any]:
+    """How a returned document is echoed: strings as {"text": ...}, objects unchanged."""
+    return {"text": document} if isinstance(document, str) else document
+
+
+class RerankRequest(BaseModel):
+    """Fields common to Cohere v1/v2 and Jina rerank requests."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="Accepted for compatibility; the server's loaded model answers.")
+    query: str = Field(min_length=1, description="The search query.")
+    documents: list[DocumentIn] = Field(description="Strings or objects with a string `text` field.")
+    top_n: int | None = Field(None, ge=1, description="Return only the best N results (default: all).")
+    return_documents: bool | None = Field(None, description="Echo each document in its result (default false).")
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("query is empty or only whitespace")
+        return query
+
+    def texts(self) -> list[str]:
+        return [document_text(document, i, None) for i, document in enumerate(self.documents)]
+
+    def token_cap(self, window_tokens: int) -> int | None:
+        return None
+
+
+class RerankV1Request(RerankRequest):
+    """Cohere v1 (and Jina): `rank_fields` picks object fields to read; `max_chunks_per_doc` caps long documents."""
+
+    rank_fields: list[str] | None = Field(None, min_length=1, description="Object fields to rank on, in order.")
+    max_chunks_per_doc: int | None = Field(None, ge=1, description="Read at most this many windows per document.")
+
+    def texts(self) -> list[str]:
+        return [document_text(document, i, self.rank_fields) for i, document in enumerate(self.documents)]
+
+    def token_cap(self, window_tokens: int) -> int | None:
+        return None if self.max_chunks_per_doc is None else self.max_chunks_per_doc * window_tokens
+
+
+class RerankV2Request(RerankRequest):
+    """Cohere v2: `max_tokens_per_doc` truncates each document to that many tokens."""
+
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="Truncate documents to this many tokens.")
+
+    def token_cap(self, window_tokens: int) -> int | None:
+        return self.max_tokens_per_doc
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float = Field(ge=0, le=1, description="Calibrated probability of relevance.")
+    document: dict[str, Any] | None = None
+
+
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class Tokens(BaseModel):
+    input_tokens: int
+    output_tokens: int = 0
+
+
+class Meta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: Tokens
+
+
+class Usage(BaseModel):
+    """Jina's usage block."""
+
+    total_tokens: int
+    prompt_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    meta: Meta
+    usage: Usage | None = None
+
+
+class ErrorResponse(BaseModel):
+    message: str

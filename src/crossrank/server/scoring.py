@@ -1,0 +1,67 @@
+"""The adapter between HTTP requests and `CrossEncoder.score`: per-document token caps and token counts.
+
+Runs on the batcher's worker thread, never on the event loop. Token counts come from the model's own tokenizer
+(read-only, so shared safely); caps cut a document's text at the character offset of its last allowed token,
+which is how `max_tokens_per_doc` (Cohere v2) and `max_chunks_per_doc` (v1) are honoured per request while the
+engine stays shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.types import Document
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Aligned with the input pairs: calibrated probability, raw logit, and input tokens the pair consumed."""
+
+    probabilities: np.ndarray
+    logits: np.ndarray
+    tokens: np.ndarray
+
+    def slice(self, start: int, stop: int) -> ScoredPairs:
+        return ScoredPairs(self.probabilities[start:stop], self.logits[start:stop], self.tokens[start:stop])
+
+
+class PairScorer(Protocol):
+    """What the batcher calls: aligned queries, document texts and optional token caps per document."""
+
+    def __call__(self, queries: Sequence[str], texts: Sequence[str],
+                 token_caps: Sequence[int | None]) -> ScoredPairs: ...
+
+
+class EncoderScorer:
+    """Scores pairs with a shared CrossEncoder; `window_tokens` is how many document tokens one chunk holds."""
+
+    def __init__(self, encoder: CrossEncoder) -> None:
+        self.encoder = encoder
+        self.tokenizer = encoder.pair_encoder.tokenizer
+        self.window_tokens = encoder.pair_encoder.min_document_tokens
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    def __call__(self, queries: Sequence[str], texts: Sequence[str],
+                 token_caps: Sequence[int | None]) -> ScoredPairs:
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        unique = list(dict.fromkeys(queries))
+        query_tokens = dict(zip(unique, (len(e) for e in self.tokenizer.encode_batch(unique, add_special_tokens=False)),
+                                strict=True))
+        documents, tokens = [], np.empty(len(texts), dtype=np.int64)
+        for i, (query, text, encoding, cap) in enumerate(zip(queries, texts, encodings, token_caps, strict=True)):
+            length = len(encoding)
+            if cap is not None and length > cap:
+                text = text[: encoding.offsets[cap - 1][1]]
+                length = cap
+            documents.append(Document(text=text))
+            tokens[i] = query_tokens[query] + length
+        scores = self.encoder.score(list(queries), documents)
+        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens)
