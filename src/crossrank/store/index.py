@@ -1,0 +1,455 @@
+"""The on-disk index: one directory holding passages, their vectors, and a BM25 index, kept consistent.
+
+Layout of DIR:
+
+    passages.sqlite   passages (text, title, doc id, position, metadata JSON, vector BLOB) in WAL mode,
+                      each row stamped with the generation that added it and the one that deleted it
+    bm25/             tantivy index of the live rows, plus generation.json: the generation it reflects
+    writer.lock       held (flock) by the one process allowed to write
+
+Commit protocol. A commit is ONE SQLite transaction that inserts the new passages and their vectors, marks
+replaced/deleted ones, and bumps `generation`: when it returns, the content survives kill -9, and a crash
+before it leaves nothing of that batch (vectors live in the same row, so there are no orphan vectors). The
+BM25 index is derived: after the SQLite commit it is brought up to date from the rows changed since its own
+generation, and a writer that opens the index after a crash replays whatever it missed. Readers (any number
+of processes) search while a writer ingests: every hit is looked up in SQLite, so they see the last committed
+generation and never a deleted or half-written passage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from crossrank.retrieve.bm25 import BM25Index
+from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
+from crossrank.store.chunking import Chunker
+from crossrank.store.filters import filter_sql
+from crossrank.store.loaders import FieldMapping, LoadReport, load_documents
+from crossrank.types import Candidate, Document, Query
+
+FORMAT = 1
+DATABASE = "passages.sqlite"
+RETRIEVERS = ("bm25", "dense")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS passages (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid TEXT NOT NULL, doc_id TEXT NOT NULL, position INTEGER NOT NULL,
+    title TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB,
+    added INTEGER NOT NULL, deleted INTEGER
+);
+CREATE INDEX IF NOT EXISTS passages_live_doc ON passages (doc_id) WHERE deleted IS NULL;
+CREATE INDEX IF NOT EXISTS passages_added ON passages (added);
+CREATE INDEX IF NOT EXISTS passages_deleted ON passages (deleted);
+CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY);
+"""
+
+
+class IndexLockedError(RuntimeError):
+    """Another process holds the index's writer lock."""
+
+
+class NotAnIndexError(FileNotFoundError):
+    """The path does not hold a crossrank index."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Fixed when the index is created. `dense_model` None means the bundled all-MiniLM-L6-v2."""
+
+    passage_tokens: int = 256
+    overlap: int = 32
+    stemming: bool = True
+    title_boost: float = 1.0
+    dense: bool = True
+    dense_model: str | None = None
+    exact_threshold: int = DEFAULT_EXACT_THRESHOLD
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> IndexConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class IngestReport:
+    """Counts for one ingest; `skipped` lists (file or file:line, reason)."""
+
+    files: int = 0
+    documents: int = 0
+    passages: int = 0
+    commits: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+class Index:
+    """An index directory opened for reading (any number of processes) or writing (one, via a lock)."""
+
+    def __init__(self, path: Path, writable: bool) -> None:
+        database = path / DATABASE
+        if not database.is_file():
+            raise NotAnIndexError(f"no crossrank index at {path} (create one with `crossrank index {path} --from ...`)")
+        self.path, self.writable = path, writable
+        self._lock = threading.RLock()
+        self._lock_file = None
+        if writable:
+            self._lock_file = (path / "writer.lock").open("a")
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                self._lock_file.close()
+                raise IndexLockedError(f"another process is writing to {path}") from exc
+        self.db = _connect(database)
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        if int(meta.get("format", -1)) != FORMAT:
+            raise NotAnIndexError(f"{path}: unsupported index format {meta.get('format')!r} (expected {FORMAT})")
+        self.config = IndexConfig.from_dict(json.loads(meta["config"]))
+        self.bm25 = BM25Index(path / "bm25", stemming=self.config.stemming, title_boost=self.config.title_boost)
+        self._encoder: Any = None
+        self._chunker: Chunker | None = None
+        self.dense: DenseIndex | None = None
+        self.generation = 0  # what this handle has loaded
+        self._pending: dict[str, Document] = {}
+        self._pending_deletes: set[str] = set()
+        if writable:
+            self._sync_bm25()
+        self._load_dense()
+
+    # ---- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], config: IndexConfig | None = None) -> Index:
+        """A new, empty index at `path` (which must not hold anything else), opened for writing."""
+        path = Path(path)
+        config = config or IndexConfig()
+        Chunker.validate(config.passage_tokens, config.overlap)
+        if (path / DATABASE).exists():
+            raise FileExistsError(f"an index already exists at {path}")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} exists and is not an empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        db = _connect(path / DATABASE)
+        db.executescript(SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO meta VALUES (?, ?)",
+                       [("format", str(FORMAT)), ("generation", "0"), ("config", json.dumps(asdict(config)))])
+        db.execute("COMMIT")
+        db.close()
+        return cls(path, writable=True)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, writable: bool = False) -> Index:
+        path = Path(path)
+        if not path.exists():
+            raise NotAnIndexError(f"no such index directory: {path}")
+        return cls(path, writable)
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike[str], config: IndexConfig | None = None) -> Index:
+        """Open for writing if it exists (its stored config wins), else create it with `config`."""
+        path = Path(path)
+        return cls(path, writable=True) if (path / DATABASE).is_file() else cls.create(path, config)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- models, loaded on first use -----------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> Any:
+        if not self.config.dense:
+            raise ValueError(f"the index at {self.path} was built without dense vectors")
+        if self._encoder is None:
+            from crossrank.model.embedding import BiEncoder
+
+            self._encoder = BiEncoder.from_pretrained(self.config.dense_model)
+        return self._encoder
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            from crossrank.model.checkpoint import bi_encoder_path
+            from crossrank.model.tokenization import load_tokenizer
+
+            tokenizer, _ = load_tokenizer(Path(self.config.dense_model or bi_encoder_path()))
+            self._chunker = Chunker(tokenizer, self.config.passage_tokens, self.config.overlap)
+        return self._chunker
+
+    # ---- writing --------------------------------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise PermissionError(f"{self.path} is open read-only; use Index.open(path, writable=True)")
+
+    def add(self, documents: Iterable[Document | Mapping[str, Any]]) -> int:
+        """Stage documents for the next commit; a document id already indexed (or staged) is replaced."""
+        self._require_writable()
+        count = 0
+        for i, value in enumerate(documents):
+            document = Document.coerce(value, i)
+            if document.id is None or not str(document.id).strip():
+                raise ValueError(f"document {i}: an indexed document needs a non-empty id")
+            self._pending[document.id] = document
+            count += 1
+        return count
+
+    def delete(self, doc_ids: Iterable[str]) -> list[str]:
+        """Stage deletions for the next commit; returns the ids that are neither indexed nor staged."""
+        self._require_writable()
+        unknown = []
+        for doc_id in doc_ids:
+            staged = self._pending.pop(doc_id, None) is not None
+            live = self.db.execute("SELECT 1 FROM passages WHERE doc_id = ? AND deleted IS NULL LIMIT 1",
+                                   (doc_id,)).fetchone() is not None
+            if live:
+                self._pending_deletes.add(doc_id)
+            elif not staged:
+                unknown.append(doc_id)
+        return unknown
+
+    def commit(self, *, show_progress: bool = False) -> int:
+        """Make staged changes durable and searchable; returns the new generation (unchanged if nothing staged)."""
+        self._require_writable()
+        with self._lock:
+            if not self._pending and not self._pending_deletes:
+                return self.generation
+            documents = list(self._pending.values())
+            rows = []
+            for document, passages in zip(documents, self.chunker.split([d.text for d in documents]), strict=True):
+                metadata = json.dumps(dict(document.metadata), ensure_ascii=False, default=str)
+                rows += [(f"{document.id}#{p}", document.id, p, document.title, text, metadata)
+                         for p, text in enumerate(passages)]
+            vectors: list[bytes | None] = [None] * len(rows)
+            if self.config.dense and rows:
+                contents = [Document(text=r[4], title=r[3]).content for r in rows]
+                vectors = [v.tobytes() for v in self.encoder.encode(contents, show_progress_bar=show_progress)]
+            replaced = self._pending_deletes | {d.id for d in documents}
+            names = {key for d in documents for key in d.metadata}
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                generation = int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]) + 1
+                db.executemany("UPDATE passages SET deleted = ?, text = '', vector = NULL "
+                               "WHERE doc_id = ? AND deleted IS NULL", [(generation, d) for d in replaced])
+                db.executemany("INSERT INTO passages (pid, doc_id, position, title, text, metadata, vector, added) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(*row, vector, generation) for row, vector in zip(rows, vectors, strict=True)])
+                db.executemany("INSERT OR IGNORE INTO fields VALUES (?)", [(n,) for n in names])
+                db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._pending.clear()
+            self._pending_deletes.clear()
+            self._sync_bm25()
+            self._refresh_dense()
+            return generation
+
+    def ingest(self, paths: Sequence[str | os.PathLike[str]], *, mapping: FieldMapping | None = None,
+               commit_every: int = 1000, show_progress: bool = False) -> IngestReport:
+        """Load files and folders, index them, committing every `commit_every` documents and at the end."""
+        self._require_writable()
+        if commit_every <= 0:
+            raise ValueError(f"commit_every must be positive, got {commit_every}")
+        loaded = LoadReport()
+        report = IngestReport()
+        before = self.count()["passages"]
+        with tqdm(desc="ingest", unit="doc", disable=not show_progress) as progress:
+            for document in load_documents(paths, mapping, report=loaded):
+                self.add([document])
+                progress.update(1)
+                if len(self._pending) >= commit_every:
+                    self.commit(show_progress=show_progress)
+                    report.commits += 1
+        if self._pending:
+            self.commit(show_progress=show_progress)
+            report.commits += 1
+        report.files, report.documents, report.skipped = loaded.files, loaded.documents, loaded.skipped
+        report.passages = self.count()["passages"] - before
+        return report
+
+    # ---- keeping derived structures in step -----------------------------------------------------------------
+
+    def _committed_generation(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def _changes_since(self, generation: int, columns: str) -> Iterator[tuple[Any, ...]]:
+        """Rows added or deleted after `generation`, read in one snapshot (deleted ones first)."""
+        return iter(self.db.execute(
+            f"SELECT {columns} FROM passages WHERE added > ? OR deleted > ? ORDER BY deleted IS NULL, row",
+            (generation, generation)).fetchall())
+
+    def _sync_bm25(self) -> None:
+        """Replay committed changes the BM25 index has not seen (after a commit, or a crash between the two)."""
+        since = self.bm25.generation
+        target = self._committed_generation()
+        if since == target:
+            return
+        if since > target:  # the database is the source of truth; a newer BM25 index cannot be trusted
+            self.bm25.clear()
+            since = 0
+        added, removed = [], []
+        for row, title, text, deleted in self._changes_since(since, "row, title, text, deleted"):
+            if deleted is None:
+                added.append((row, title, text))
+            else:
+                removed.append(row)
+        self.bm25.apply(added, removed, target)
+
+    def _load_dense(self) -> None:
+        self.generation = self._committed_generation()
+        if not self.config.dense:
+            return
+        rows, blobs = [], []
+        for row, blob in self.db.execute("SELECT row, vector FROM passages WHERE deleted IS NULL ORDER BY row"):
+            rows.append(row)
+            blobs.append(blob)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32)
+        dimension = len(vectors) // len(rows) if rows else None
+        self.dense = DenseIndex(dimension or self._dimension(), exact_threshold=self.config.exact_threshold)
+        if rows:
+            self.dense.add(np.array(rows), vectors.reshape(len(rows), -1))
+
+    def _dimension(self) -> int:
+        from crossrank.model.checkpoint import Checkpoint, bi_encoder_path
+
+        return int(Checkpoint.open(self.config.dense_model or bi_encoder_path()).config["hidden_size"])
+
+    def _refresh_dense(self) -> None:
+        target = self._committed_generation()
+        if self.dense is not None and target != self.generation:
+            added, removed, vectors = [], [], []
+            for row, blob, deleted in self._changes_since(self.generation, "row, vector, deleted"):
+                if deleted is None:
+                    added.append(row)
+                    vectors.append(np.frombuffer(blob, dtype=np.float32))
+                else:
+                    removed.append(row)
+            self.dense.remove(np.array(removed + added, dtype=np.int64))
+            if added:
+                self.dense.add(np.array(added), np.stack(vectors))
+        self.generation = target
+
+    def refresh(self) -> None:
+        """Catch up with commits made by a writer in another process (cheap when there are none)."""
+        with self._lock:
+            if self._committed_generation() != self.generation:
+                self.bm25.reload()
+                self._refresh_dense()
+
+    # ---- reading --------------------------------------------------------------------------------------------
+
+    def fields(self) -> list[str]:
+        return [name for (name,) in self.db.execute("SELECT name FROM fields ORDER BY name")]
+
+    def _allowed(self, filters: Mapping[str, Any] | None) -> np.ndarray | None:
+        if filters is None:
+            return None
+        where, params = filter_sql(filters, set(self.fields()))
+        rows = self.db.execute(f"SELECT row FROM passages WHERE deleted IS NULL AND {where}", params).fetchall()
+        return np.array([r for (r,) in rows], dtype=np.int64)
+
+    def retrieve(self, retriever: str, queries: Sequence[Query], k: int) -> list[list[Candidate]]:
+        """Top-k passages per query from "bm25" or "dense", with the score and rank recorded under that name."""
+        if retriever not in RETRIEVERS:
+            raise ValueError(f"unknown retriever {retriever!r}; this index has {', '.join(self.retrievers)}")
+        with self._lock:
+            self.refresh()
+            allowed = [self._allowed(q.filters) for q in queries]
+            if retriever == "bm25":
+                hits = [self._bm25(q.text, k, a) for q, a in zip(queries, allowed, strict=True)]
+            else:
+                hits = self._dense(queries, k, allowed)
+            return [self._candidates(h, retriever) for h in hits]
+
+    @property
+    def retrievers(self) -> list[str]:
+        return list(RETRIEVERS) if self.config.dense else ["bm25"]
+
+    def _bm25(self, text: str, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        if allowed is None:
+            return self.bm25.search(text, k)
+        allowed_set = set(allowed.tolist())
+        limit = k * 4
+        while True:
+            hits = self.bm25.search(text, limit)
+            kept = [h for h in hits if h[0] in allowed_set]
+            if len(kept) >= k or len(hits) < limit:
+                return kept[:k]
+            limit *= 4
+
+    def _dense(self, queries: Sequence[Query], k: int, allowed: list[np.ndarray | None]) -> list[list[tuple[int, float]]]:
+        vectors = self.encoder.encode([q.text for q in queries])  # raises for an index without vectors
+        assert self.dense is not None
+        out: list[list[tuple[int, float]]] = [[] for _ in queries]
+        unfiltered = [i for i, a in enumerate(allowed) if a is None]
+        if unfiltered:
+            for i, hits in zip(unfiltered, self.dense.search(vectors[unfiltered], k), strict=True):
+                out[i] = hits
+        for i, a in enumerate(allowed):
+            if a is not None:
+                out[i] = self.dense.search_exact(vectors[i], k, a)
+        return out
+
+    def _candidates(self, hits: list[tuple[int, float]], name: str) -> list[Candidate]:
+        if not hits:
+            return []
+        rows = {row: rest for row, *rest in self.db.execute(
+            f"SELECT row, pid, doc_id, title, text, metadata FROM passages "
+            f"WHERE deleted IS NULL AND row IN ({', '.join('?' * len(hits))})", [r for r, _ in hits])}
+        out = []
+        for row, score in hits:
+            if row in rows:  # a reader whose BM25 view is older than the database skips rows deleted since
+                pid, doc_id, title, text, metadata = rows[row]
+                out.append(Candidate(pid, doc_id, text, title, json.loads(metadata), score,
+                                     {name: score}, {name: len(out) + 1}))
+        return out
+
+    def passages(self, doc_id: str) -> list[Candidate]:
+        """A document's live passages in order (empty if the id is unknown)."""
+        rows = self.db.execute("SELECT pid, doc_id, title, text, metadata FROM passages "
+                               "WHERE doc_id = ? AND deleted IS NULL ORDER BY position", (doc_id,)).fetchall()
+        return [Candidate(pid, d, text, title, json.loads(m)) for pid, d, title, text, m in rows]
+
+    def count(self) -> dict[str, int]:
+        documents, passages = self.db.execute(
+            "SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM passages WHERE deleted IS NULL").fetchone()
+        return {"documents": int(documents), "passages": int(passages)}
+
+    def info(self) -> dict[str, Any]:
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path), "generation": self._committed_generation(), **self.count(),
+            "bm25": {"generation": self.bm25.generation, "passages": len(self.bm25)},
+            "dense": None if self.dense is None else {"vectors": len(self.dense), "search": self.dense.kind,
+                                                      "dimension": self.dense.dimension},
+            "metadata_fields": self.fields(), "config": asdict(self.config), "bytes": size,
+        }

@@ -1,0 +1,226 @@
+"""Turn files into Documents: plain text and Markdown, HTML (selectolax's parser), PDF (pypdf), JSON lines and
+CSV with a field mapping, BEIR corpus.jsonl. Bad files are skipped with a reason, never fatal to an ingest.
+
+A file's document id is its path relative to the folder it was found under; metadata carries `source`,
+`timestamp` (modification time, ISO-8601 UTC) and, for HTML, `url` when the page declares one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from crossrank.types import Document
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+HTML_SUFFIXES = (".html", ".htm")
+RECORD_SUFFIXES = (".jsonl", ".csv")
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + HTML_SUFFIXES + (".pdf",) + RECORD_SUFFIXES
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # latin-1 decodes any byte string, so this always ends
+
+
+class SkipFile(Exception):
+    """A file (or record) that cannot become a document; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which record fields hold the id, title and text; `metadata` None keeps every other field."""
+
+    id: Sequence[str] = ("id", "_id", "docid", "doc_id")
+    title: str = "title"
+    text: str = "text"
+    metadata: Sequence[str] | None = None
+
+    def document(self, record: Mapping[str, Any], fallback_id: str) -> Document:
+        text = record.get(self.text)
+        if not isinstance(text, str):
+            raise SkipFile(f"no string field {self.text!r}")
+        title = record.get(self.title) or ""
+        doc_id = next((str(record[name]) for name in self.id if record.get(name) not in (None, "")), fallback_id)
+        used = {*self.id, self.title, self.text}
+        if self.metadata is None:
+            metadata = {k: v for k, v in record.items() if k not in used and k != "metadata"}
+            if isinstance(record.get("metadata"), Mapping):  # BEIR nests extra fields under "metadata"
+                metadata = {**record["metadata"], **metadata}
+        else:
+            metadata = {k: record[k] for k in self.metadata if k in record}
+        return Document(text=text, title=str(title), id=doc_id, metadata=metadata)
+
+
+@dataclass
+class LoadReport:
+    """What an ingest read: documents per file, and every skipped file or record with its reason."""
+
+    files: int = 0
+    documents: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped.append((where, reason))
+
+
+def iter_files(paths: Sequence[str | Path], report: LoadReport) -> Iterator[tuple[Path, Path]]:
+    """(file, root) for every file under the given paths, sorted; missing paths are a clear error up front."""
+    resolved = [Path(p).expanduser() for p in paths]
+    missing = [str(p) for p in resolved if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
+    for path in resolved:
+        if path.is_file():
+            yield path, path.parent
+            continue
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in file.relative_to(path).parts):
+                continue  # .git, .venv, editor files
+            if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+                report.skip(str(file), f"unsupported file type {file.suffix or '(none)'!r}")
+                continue
+            yield file, path
+
+
+def load_documents(paths: Sequence[str | Path], mapping: FieldMapping | None = None,
+                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   report: LoadReport | None = None) -> Iterator[Document]:
+    """Documents from files and folders (recursively). Skips are recorded in `report`."""
+    report = report if report is not None else LoadReport()
+    mapping = mapping or FieldMapping()
+    for file, root in iter_files(paths, report):
+        try:
+            size = file.stat().st_size
+            if size > max_file_bytes:
+                raise SkipFile(f"too large ({size / 2**20:.1f} MiB > {max_file_bytes / 2**20:.1f} MiB limit)")
+            if size == 0:
+                raise SkipFile("empty file")
+            documents = list(load_file(file, root, mapping, report))
+        except SkipFile as exc:
+            report.skip(str(file), str(exc))
+            continue
+        except OSError as exc:
+            report.skip(str(file), f"unreadable ({exc.strerror or exc})")
+            continue
+        report.files += 1
+        report.documents += len(documents)
+        yield from documents
+
+
+def load_file(file: Path, root: Path, mapping: FieldMapping, report: LoadReport) -> Iterator[Document]:
+    suffix = file.suffix.lower()
+    doc_id = file.relative_to(root).as_posix()
+    metadata = {"source": str(file), "timestamp": _mtime(file)}
+    if suffix in RECORD_SUFFIXES:
+        yield from _records(file, doc_id, mapping, report)
+        return
+    if suffix == ".pdf":
+        title, text = _pdf(file)
+    else:
+        raw = file.read_bytes()
+        if b"\x00" in raw[:8192]:
+            raise SkipFile("binary content")
+        text = decode(raw)
+        if suffix in HTML_SUFFIXES:
+            title, text, url = _html(text)
+            if url:
+                metadata["url"] = url
+        else:
+            title = _markdown_title(text) if suffix in (".md", ".markdown") else ""
+    if not text.strip():
+        raise SkipFile("no text")
+    yield Document(text=text, title=title or file.stem, id=doc_id, metadata=metadata)
+
+
+def decode(raw: bytes) -> str:
+    for encoding in ENCODINGS:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte string")
+
+
+def _mtime(file: Path) -> str:
+    return datetime.fromtimestamp(file.stat().st_mtime, UTC).isoformat(timespec="seconds")
+
+
+def _markdown_title(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""
+
+
+def _html(markup: str) -> tuple[str, str, str]:
+    """Title, visible text (scripts, styles and navigation dropped, blocks as paragraphs) and canonical URL."""
+    from selectolax.parser import HTMLParser
+
+    tree = HTMLParser(markup)
+    title_node = tree.css_first("title")
+    title = title_node.text(strip=True) if title_node else ""
+    url = ""
+    for selector, attribute in (('link[rel="canonical"]', "href"), ('meta[property="og:url"]', "content")):
+        node = tree.css_first(selector)
+        if node and node.attributes.get(attribute):
+            url = node.attributes[attribute] or ""
+            break
+    tree.strip_tags(["script", "style", "noscript", "template", "nav", "head", "svg"])
+    body = tree.body or tree.root
+    blocks = []
+    for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, blockquote, td, th, dt, dd, figcaption"):
+        if node.css_first("p, li, pre, blockquote, td, th, dt, dd") is None:  # innermost blocks only
+            text = " ".join(node.text(separator=" ").split())
+            if text:
+                blocks.append(text)
+    text = "\n\n".join(blocks) if blocks else " ".join(body.text(separator=" ").split())
+    return title, text, url
+
+
+def _pdf(file: Path) -> tuple[str, str]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(file)
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = (reader.metadata.title if reader.metadata else None) or ""
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise SkipFile(f"unreadable PDF ({exc})") from exc
+    return str(title), "\n\n".join(page.strip() for page in pages if page.strip())
+
+
+def _records(file: Path, base_id: str, mapping: FieldMapping, report: LoadReport) -> Iterator[Document]:
+    text = decode(file.read_bytes())
+    if file.suffix.lower() == ".csv":
+        rows: Iterator[tuple[int, Any]] = enumerate(csv.DictReader(io.StringIO(text)), start=2)
+    else:
+        rows = _json_lines(text)
+    for number, record in rows:
+        where = f"{file}:{number}"
+        try:
+            if isinstance(record, SkipFile):
+                raise record
+            if not isinstance(record, Mapping):
+                raise SkipFile("not an object")
+            document = mapping.document(record, f"{base_id}:{number}")
+            if not document.text.strip():
+                raise SkipFile("empty text")
+        except SkipFile as exc:
+            report.skip(where, str(exc))
+            continue
+        yield document
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, SkipFile(f"invalid JSON ({exc.msg})")
