@@ -84,3 +84,11 @@ def shared_datasets() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared datasets not found at {root}")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_index_config(tiny_model_dir: Path):
+    """An IndexConfig whose bi-encoder is the tiny random BERT: on-disk index mechanics without real weights."""
+    from crossrank.store import IndexConfig
+
+    return IndexConfig(dense_model=str(tiny_model_dir), passage_tokens=64, overlap=8)

@@ -223,6 +223,23 @@ class Cut(Stage):
         return [list(candidates[: self.k]) for candidates in candidate_lists]
 
 
+class Collapse(Stage):
+    """Keep each document's best passage (first in list order): passage rankings → document rankings."""
+
+    def __init__(self, name: str = "collapse") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return "Collapse()"
+
+    def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
+        out = []
+        for candidates in candidate_lists:
+            seen: set[str] = set()
+            out.append([c for c in candidates if not (c.doc_id in seen or seen.add(c.doc_id))])
+        return out
+
+
 class Pipeline:
     """Stages run in order over many queries at once; `search` is the one-query form."""
 

@@ -35,7 +35,7 @@ from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
 from crossrank.store.chunking import Chunker
 from crossrank.store.filters import filter_sql
-from crossrank.store.loaders import FieldMapping, LoadReport, load_documents
+from crossrank.store.loaders import DEFAULT_MAX_FILE_BYTES, FieldMapping, LoadReport, load_documents
 from crossrank.types import Candidate, Document, Query
 
 FORMAT = 1
@@ -274,7 +274,8 @@ class Index:
             return generation
 
     def ingest(self, paths: Sequence[str | os.PathLike[str]], *, mapping: FieldMapping | None = None,
-               commit_every: int = 1000, show_progress: bool = False) -> IngestReport:
+               commit_every: int = 1000, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+               show_progress: bool = False) -> IngestReport:
         """Load files and folders, index them, committing every `commit_every` documents and at the end."""
         self._require_writable()
         if commit_every <= 0:
@@ -283,7 +284,7 @@ class Index:
         report = IngestReport()
         before = self.count()["passages"]
         with tqdm(desc="ingest", unit="doc", disable=not show_progress) as progress:
-            for document in load_documents(paths, mapping, report=loaded):
+            for document in load_documents(paths, mapping, max_file_bytes, report=loaded):
                 self.add([document])
                 progress.update(1)
                 if len(self._pending) >= commit_every:

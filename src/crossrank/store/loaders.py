@@ -23,6 +23,9 @@ HTML_SUFFIXES = (".html", ".htm")
 RECORD_SUFFIXES = (".jsonl", ".csv")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + HTML_SUFFIXES + (".pdf",) + RECORD_SUFFIXES
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+BLOCK_TAGS = frozenset({"p", "div", "section", "article", "main", "header", "footer", "aside", "h1", "h2", "h3", "h4",
+                        "h5", "h6", "li", "ul", "ol", "pre", "blockquote", "table", "tr", "td", "th", "dl", "dt",
+                        "dd", "figure", "figcaption", "br", "hr"})
 ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # latin-1 decodes any byte string, so this always ends
 
 
@@ -157,10 +160,10 @@ def _markdown_title(text: str) -> str:
 
 
 def _html(markup: str) -> tuple[str, str, str]:
-    """Title, visible text (scripts, styles and navigation dropped, blocks as paragraphs) and canonical URL."""
-    from selectolax.parser import HTMLParser
+    """Title, visible text via the lexbor HTML5 parser (scripts, styles and navigation dropped, blocks as paragraphs) and canonical URL."""
+    from selectolax.lexbor import LexborHTMLParser
 
-    tree = HTMLParser(markup)
+    tree = LexborHTMLParser(markup)
     title_node = tree.css_first("title")
     title = title_node.text(strip=True) if title_node else ""
     url = ""
@@ -170,15 +173,29 @@ def _html(markup: str) -> tuple[str, str, str]:
             url = node.attributes[attribute] or ""
             break
     tree.strip_tags(["script", "style", "noscript", "template", "nav", "head", "svg"])
-    body = tree.body or tree.root
-    blocks = []
-    for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, blockquote, td, th, dt, dd, figcaption"):
-        if node.css_first("p, li, pre, blockquote, td, th, dt, dd") is None:  # innermost blocks only
-            text = " ".join(node.text(separator=" ").split())
-            if text:
-                blocks.append(text)
-    text = "\n\n".join(blocks) if blocks else " ".join(body.text(separator=" ").split())
-    return title, text, url
+    blocks: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        text = " ".join(" ".join(current).split())
+        if text:
+            blocks.append(text)
+        current.clear()
+
+    def walk(node: Any) -> None:
+        for child in node.iter(include_text=True):
+            if child.tag == "-text":
+                current.append(child.text(deep=False))
+            elif child.tag in BLOCK_TAGS:
+                flush()
+                walk(child)
+                flush()
+            else:
+                walk(child)
+
+    walk(tree.body or tree.root)
+    flush()
+    return title, "\n\n".join(blocks), url
 
 
 def _pdf(file: Path) -> tuple[str, str]:

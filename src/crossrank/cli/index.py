@@ -1,0 +1,181 @@
+"""`crossrank index | search | delete | info`: build an on-disk index from files and search it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crossrank.cli.app import app
+
+FILTER = re.compile(r"^\s*([^<>=!]+?)\s*(>=|<=|!=|=|>|<)\s*(.*)$")
+OPERATORS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt", "!=": "ne"}
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def parse_filters(expressions: list[str]) -> dict[str, Any] | None:
+    """`field=value`, `field>=value` (also <=, >, <, !=); repeated equalities on a field mean any of."""
+    filters: dict[str, Any] = {}
+    for expression in expressions:
+        match = FILTER.match(expression)
+        if not match:
+            raise typer.BadParameter(f"filter {expression!r}: expected FIELD=VALUE or FIELD>=VALUE (<=, >, <, !=)")
+        name, op, raw = match.groups()
+        try:
+            value = json.loads(raw)
+            if not isinstance(value, (int, float, bool, str)):
+                value = raw
+        except json.JSONDecodeError:
+            value = raw
+        if op == "=":
+            previous = filters.get(name)
+            filters[name] = value if previous is None else [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            condition = filters.setdefault(name, {})
+            if not isinstance(condition, dict):
+                raise typer.BadParameter(f"filter on {name!r} mixes = with a range")
+            condition[OPERATORS[op]] = value
+    return filters or None
+
+
+@app.command("index")
+def index_command(
+    directory: Annotated[Path, typer.Argument(help="Index directory (created if missing).")],
+    sources: Annotated[list[Path], typer.Option("--from", help="Files or folders to ingest (repeatable).")],
+    passage_tokens: Annotated[int, typer.Option(help="Passage size in bi-encoder tokens (new index).")] = 256,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages (new index).")] = 32,
+    dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Store vectors for dense retrieval.")] = True,
+    stemming: Annotated[bool, typer.Option("--stem/--no-stem", help="English stemming for BM25.")] = True,
+    title_boost: Annotated[float, typer.Option(help="BM25 weight of the title field.")] = 1.0,
+    id_field: Annotated[str | None, typer.Option(help="JSONL/CSV field holding the id.")] = None,
+    title_field: Annotated[str, typer.Option(help="JSONL/CSV field holding the title.")] = "title",
+    text_field: Annotated[str, typer.Option(help="JSONL/CSV field holding the text.")] = "text",
+    commit_every: Annotated[int, typer.Option(help="Commit after this many documents.")] = 1000,
+    max_file_mb: Annotated[float, typer.Option(help="Skip files larger than this.")] = 64.0,
+) -> None:
+    """Ingest text, Markdown, HTML, PDF, JSONL/CSV or a BEIR corpus.jsonl into an index (same id replaces)."""
+    from crossrank.store import FieldMapping, Index, IndexConfig
+    from crossrank.store.loaders import SUPPORTED_SUFFIXES
+
+    mapping = FieldMapping(title=title_field, text=text_field,
+                           **({"id": (id_field,)} if id_field else {}))
+    try:
+        config = IndexConfig(passage_tokens=passage_tokens, overlap=overlap, stemming=stemming,
+                             title_boost=title_boost, dense=dense)
+        with Index.open_or_create(directory, config) as index:
+            report = index.ingest(sources, mapping=mapping, commit_every=commit_every, show_progress=True,
+                                  max_file_bytes=int(max_file_mb * 2**20))
+            info = index.info()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"indexed {report.documents} documents from {report.files} files as {report.passages} passages "
+               f"in {report.commits} commits; {directory} now holds {info['documents']} documents "
+               f"({info['passages']} passages), generation {info['generation']}")
+    if report.skipped:
+        reasons = Counter(re.sub(r"'\.\w+'", "type", reason) if reason.startswith("unsupported") else reason
+                          for _, reason in report.skipped)
+        typer.echo(f"skipped {len(report.skipped)}: " + "; ".join(f"{n} × {r}" for r, n in reasons.most_common()))
+        for where, reason in [s for s in report.skipped if not s[1].startswith("unsupported")][:20]:
+            typer.echo(f"  {where}: {reason}")
+        typer.echo(f"  (supported types: {' '.join(SUPPORTED_SUFFIXES)})")
+
+
+@app.command()
+def search(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    query: Annotated[str, typer.Argument(help="The query.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
+    retrievers: Annotated[str, typer.Option(help="Comma-separated: bm25, dense.")] = "bm25,dense",
+    fusion: Annotated[str, typer.Option(help="rrf or weighted.")] = "rrf",
+    first_k: Annotated[int, typer.Option(help="Candidates per retriever.")] = 1000,
+    rerank_k: Annotated[int, typer.Option(help="Candidates the cross-encoder reads.")] = 100,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Skip the cross-encoder.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Cross-encoder dir (default: bundled).")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", "-f", help="FIELD=VALUE or FIELD>=VALUE ...")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Print every stage's scores, ranks and timings.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with results and trace.")] = False,
+) -> None:
+    """Search an index: BM25 + dense retrieval, fusion, cross-encoder reranking (unless --no-rerank)."""
+    from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve, Stage
+    from crossrank.store import Index
+
+    names = [name.strip() for name in retrievers.split(",") if name.strip()]
+    parsed_filters = parse_filters(filters or [])
+    try:
+        index = Index.open(directory)
+        stages: list[Stage] = [Retrieve(index, names, k=first_k)]
+        if len(names) > 1:
+            stages.append(Fuse(fusion, sources=names))
+        if not no_rerank:
+            from crossrank.model.cross_encoder import CrossEncoder
+
+            stages.append(Rerank(CrossEncoder.from_pretrained(model), k=rerank_k))
+        stages.append(Cut(k))
+        result = Pipeline(stages).search(query, filters=parsed_filters)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        message = str(exc)
+        if not no_rerank and model is None and "default model" in message:
+            message += " — or run with --no-rerank"
+        raise fail(message) from exc
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    print_result(result, explain)
+
+
+def print_result(result: Any, explain: bool) -> None:
+    """One block per result (rank, score, doc id, passage start); --explain adds every signal and the trace."""
+    if not result.candidates:
+        typer.echo("no results")
+    for rank, candidate in enumerate(result.candidates, start=1):
+        text = " ".join(candidate.text.split())
+        typer.echo(f"{rank:>3}. {candidate.score:9.4f}  {candidate.id}  {candidate.title}".rstrip())
+        typer.echo(f"     {text[:160]}{'…' if len(text) > 160 else ''}")
+        if explain:
+            signals = "  ".join(f"{name}={candidate.scores[name]:.4f} (#{candidate.ranks[name]})"
+                                for name in candidate.ranks if name != "retrieve")
+            typer.echo(f"     first-stage rank {result.first_stage_rank(candidate)}  {signals}")
+    if explain:
+        typer.echo("trace:")
+        for step in result.trace:
+            typer.echo(f"  {step.stage:<10} {step.candidates_in:>6} in {step.candidates_out:>6} out {step.ms:10.1f} ms")
+
+
+@app.command()
+def delete(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
+) -> None:
+    """Delete documents (all their passages) by id."""
+    from crossrank.store import Index
+
+    try:
+        with Index.open(directory, writable=True) as index:
+            unknown = index.delete(ids)
+            generation = index.commit()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"deleted {len(set(ids)) - len(set(unknown))} documents; generation {generation}")
+    if unknown:
+        typer.echo(f"not in the index: {', '.join(unknown)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(directory: Annotated[Path, typer.Argument(help="Index directory.")]) -> None:
+    """Counts, generation, configuration and metadata fields of an index, as JSON."""
+    from crossrank.store import Index
+
+    try:
+        with Index.open(directory) as index:
+            typer.echo(json.dumps(index.info(), indent=2))
+    except OSError as exc:
+        raise fail(str(exc)) from exc
