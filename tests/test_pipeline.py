@@ -105,3 +105,59 @@ def test_pipeline_validation():
     with pytest.raises(ValueError, match="positive integer"):
         Cut(0)
     assert repr(Cut(3) >> Cut(2)) == "Cut(3) >> Cut(2)"
+
+
+@pytest.fixture
+def small_index(tmp_path, tiny_index_config):
+    from crossrank.store import Index
+
+    index = Index.create(tmp_path / "index", tiny_index_config)
+    index.add([
+        Document("Volcanoes erupt lava and ash. " * 3 + "Magma chambers feed them.", title="Volcanoes", id="v",
+                 metadata={"lang": "en", "timestamp": "2024-05-01"}),
+        Document("Glaciers move slowly and carve valleys.", title="Glaciers", id="g",
+                 metadata={"lang": "en", "timestamp": "2023-01-01"}),
+        Document("Lava cools into basalt rock.", title="Basalt", id="b", metadata={"lang": "de", "timestamp": "2025-01-01"}),
+    ])
+    index.commit()
+    yield index
+    index.close()
+
+
+def test_retrieve_unites_retrievers_and_keeps_every_signal(small_index):
+    from crossrank.pipeline import Collapse, Retrieve
+
+    pipeline = Retrieve(small_index, ["bm25", "dense"], k=10) >> Fuse("rrf") >> Collapse() >> Cut(2)
+    [result] = pipeline.run(["lava"])
+    assert [c.doc_id for c in result.candidates][0] in {"v", "b"}
+    assert len({c.doc_id for c in result.candidates}) == len(result.candidates) == 2
+    for candidate in result.candidates:
+        assert "dense" in candidate.scores and "fusion" in candidate.ranks
+        assert result.first_stage_rank(candidate) == candidate.ranks["retrieve"]
+    bm25_only = Pipeline([Retrieve(small_index, "bm25", k=10)]).search("lava")
+    assert {c.doc_id for c in bm25_only.candidates} == {"v", "b"}
+    assert [c.ranks["retrieve"] for c in bm25_only.candidates] == [1, 2]
+    assert [t.stage for t in result.trace] == ["retrieve", "fusion", "collapse", "cut"]
+
+
+def test_filters_flow_from_search_to_the_index(small_index):
+    from crossrank.pipeline import Retrieve
+
+    pipeline = Pipeline([Retrieve(small_index, ["bm25", "dense"], k=10), Fuse("weighted")])
+    english = pipeline.search("lava", filters={"lang": "en"})
+    assert {c.doc_id for c in english.candidates} <= {"v", "g"} and english.candidates
+    recent = pipeline.search("lava", filters={"timestamp": {"gte": "2024-01-01"}})
+    assert {c.doc_id for c in recent.candidates} == {"v", "b"}
+    with pytest.raises(ValueError, match="unknown filter field 'author'"):
+        pipeline.search("lava", filters={"author": "x"})
+    own = pipeline.run([Query("lava", filters={"lang": "de"})], filters={"lang": "en"})[0]
+    assert {c.doc_id for c in own.candidates} == {"b"}  # a query's own filters win
+
+
+def test_many_queries_in_one_run_and_unknown_retriever(small_index):
+    from crossrank.pipeline import Retrieve
+
+    results = Pipeline([Retrieve(small_index, "bm25", k=5)]).run(["glaciers", "basalt", "the of"])
+    assert [r.candidates[0].doc_id if r.candidates else None for r in results] == ["g", "b", None]
+    with pytest.raises(ValueError, match="unknown retriever"):
+        Pipeline([Retrieve(small_index, "sparse", k=5)]).search("x")
