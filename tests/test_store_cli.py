@@ -1,0 +1,71 @@
+"""`crossrank index | search | delete | info` end to end, and their errors (clear messages, no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crossrank.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "owls.md").write_text("# Owls\n\nOwls hunt at night and fly silently.")
+    (docs / "bees.txt").write_text("Bees make honey and pollinate flowers.")
+    (docs / "empty.txt").write_text("")
+    (docs / "data.bin").write_bytes(b"\x00\x01")
+    (docs / "items.jsonl").write_text(json.dumps({"id": "n1", "text": "Night herons also hunt at night.",
+                                                  "year": 2024}) + "\n")
+    result = runner.invoke(app, ["index", str(tmp_path / "index"), "--from", str(docs), "--no-dense"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 3 documents from 3 files" in result.output
+    assert "skipped 2" in result.output and "empty file" in result.output
+    return tmp_path / "index"
+
+
+def test_search_explain_delete_info(indexed: Path, tiny_model_dir: Path):
+    result = runner.invoke(app, ["search", str(indexed), "hunting at night", "--retrievers", "bm25",
+                                 "--model", str(tiny_model_dir), "--k", "2", "--explain"])
+    assert result.exit_code == 0, result.output
+    assert "owls.md#0" in result.output and "n1#0" in result.output
+    assert "first-stage rank" in result.output and "rerank=" in result.output and "bm25=" in result.output
+    assert "trace:" in result.output and "rerank" in result.output
+    plain = runner.invoke(app, ["search", str(indexed), "honey", "--retrievers", "bm25", "--no-rerank", "--json"])
+    payload = json.loads(plain.output)
+    assert payload["results"][0]["doc_id"] == "bees.txt" and payload["trace"][0]["stage"] == "retrieve"
+    filtered = runner.invoke(app, ["search", str(indexed), "night", "--retrievers", "bm25", "--no-rerank",
+                                   "--json", "--filter", "year>=2024"])
+    assert [r["doc_id"] for r in json.loads(filtered.output)["results"]] == ["n1"]
+    deleted = runner.invoke(app, ["delete", str(indexed), "owls.md", "nope"])
+    assert deleted.exit_code == 1 and "deleted 1 documents" in deleted.output and "nope" in deleted.output
+    info = json.loads(runner.invoke(app, ["info", str(indexed)]).output)
+    assert info["documents"] == 2 and info["generation"] == 2 and info["dense"] is None
+
+
+def test_clear_errors(indexed: Path, tmp_path: Path, monkeypatch):
+    import crossrank.model.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "BUNDLED_MODELS_DIR", tmp_path / "no-models")
+    cases = {
+        "default model": ["search", str(indexed), "owls", "--retrievers", "bm25"],
+        "no such index": ["search", str(tmp_path / "missing"), "owls"],
+        "built without dense vectors": ["search", str(indexed), "owls", "--no-rerank"],
+        "unknown filter field 'lang'": ["search", str(indexed), "owls", "--retrievers", "bm25", "--no-rerank",
+                                        "-f", "lang=en"],
+        "empty": ["search", str(indexed), "   ", "--retrievers", "bm25", "--no-rerank"],
+        "no such file or directory": ["index", str(indexed), "--from", str(tmp_path / "nothing-here")],
+    }
+    for expected, args in cases.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and "Traceback" not in result.output, result.output
+    assert "--no-rerank" in runner.invoke(app, cases["default model"]).output
+    bad_filter = runner.invoke(app, ["search", str(indexed), "owls", "--no-rerank", "-f", "year"])
+    assert bad_filter.exit_code == 2 and "FIELD=VALUE" in bad_filter.output
