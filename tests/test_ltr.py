@@ -322,3 +322,19 @@ def test_lambdamart_rejects_bad_training_input(tmp_path):
         LambdaMART.load(tmp_path)
     with pytest.raises(ValueError, match="valid_fraction"):
         split_queries(table, 1.0)
+
+
+def test_ips_click_labels_are_unbiased_where_naive_ones_are_not():
+    """On PBM logs, IPS labels with EM-estimated propensities average P(click | seen, grade) per grade; naive
+    click-through rates fall short by the examination probability of where the document was shown."""
+    rng = np.random.default_rng(6)
+    qrels = {f"q{i}": {f"d{j}": int(rng.integers(0, 2)) for j in range(10)} for i in range(40)}
+    rankings = {q: [f"d{j}" for j in range(10)] for q in qrels}
+    model = PositionBasedModel(graded_click_probs(1, 0.1), eta=1.0)
+    log = list(ClickSimulator(model, qrels, depth=8, swap_prob=0.3, seed=7).simulate(rankings, 400))
+    naive = click_labels(log, dwell_threshold=None)
+    ips = click_labels(log, estimate_position_bias(log), dwell_threshold=None)
+    for grade, expected in enumerate(model.click_probs):
+        pairs = [(q, d) for q in naive for d in naive[q] if qrels[q][d] == grade and int(d[1:]) < 8]
+        assert np.mean([ips[q][d] for q, d in pairs]) == pytest.approx(expected, abs=0.05)
+        assert np.mean([naive[q][d] for q, d in pairs]) < 0.6 * expected

@@ -61,7 +61,7 @@ def _observations(impressions: Iterable[Impression], dwell_threshold: float | No
     return np.array(pairs), np.array(positions), np.array(clicked, dtype=float), list(pair_ids)
 
 
-def estimate_position_bias(impressions: Iterable[Impression], max_iterations: int = 200, tol: float = 1e-6,
+def estimate_position_bias(impressions: Iterable[Impression], max_iterations: int = 1000, tol: float = 1e-6,
                            dwell_threshold: float | None = None) -> PositionBias:
     """EM for the position-based click model: alternately infer, for each unclicked result, whether it went
     unseen or was seen and judged irrelevant, then re-estimate θ per position and γ per (query, document).
