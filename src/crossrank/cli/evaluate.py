@@ -1,0 +1,78 @@
+"""`crossrank eval`: several pipelines on a judged BEIR split, side by side, with significance, a depth curve,
+failure analysis, TREC runs, JSON results and an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossrank.cli.app import app
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _ints(value: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in _csv(value))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, got {value!r}") from exc
+
+
+@app.command("eval")
+def evaluate(
+    dataset_dir: Annotated[str, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), or a "
+                                                    "dataset name under $CROSSRANK_DATASETS.")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    run: Annotated[Path | None, typer.Option("--run", help="TREC run to rerank (the 'run' first stage).")] = None,
+    pipelines: Annotated[str | None, typer.Option(
+        help="Comma-separated FIRST[>>RERANKER]: first stages run, bm25, dense, hybrid; rerankers ce (the "
+             "--model cross-encoder; ce:NAME with several), bi (bi-encoder cosine). Default: run, run>>bi, "
+             "run>>ce with --run, else bm25, dense, hybrid, hybrid>>ce.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Cross-encoder checkpoint dir (repeatable). Default: the bundled model, if any.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for runs/*.trec and results.json "
+                                                   "(default: eval-results/DATASET-SPLIT).")] = None,
+    measures: Annotated[str, typer.Option(help="ir-measures names; the first is the primary.")] =
+        "nDCG@10,RR@10,R@100,AP",
+    depth: Annotated[int, typer.Option(help="Rerank depth of the table's pipelines.")] = 100,
+    depths: Annotated[str, typer.Option(help="Depth curve points.")] = "10,20,50,100,200",
+    baseline: Annotated[str | None, typer.Option(help="Pipeline the others are tested against (default: first).")]
+        = None,
+    rel: Annotated[int | None, typer.Option(help="Binary relevance threshold (default: 2 on 0-3 scales, else 1).")]
+        = None,
+    permutations: Annotated[int, typer.Option(help="Randomisation test permutations.")] = 10_000,
+    timing_queries: Annotated[int, typer.Option(help="Queries timed per rerank depth.")] = 10,
+    max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries (quick looks).")]
+        = None,
+    curve: Annotated[bool, typer.Option(help="Compute the depth curve.")] = True,
+    backend: Annotated[str, typer.Option(help="Model backend: onnx or torch.")] = "onnx",
+) -> None:
+    """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
+    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.evaluate.experiment import ExperimentConfig
+    from crossrank.evaluate.report import markdown_summary, render_html
+    from crossrank.evaluate.runner import EvaluationError, run_evaluation
+
+    try:
+        dataset = BeirDataset(Path(dataset_dir), split)
+        config = ExperimentConfig(measures=tuple(_csv(measures)), depth=depth, depths=_ints(depths, "--depths"),
+                                  baseline=baseline, permutations=permutations, timing_queries=timing_queries,
+                                  rel=rel, curve=curve)
+        result = run_evaluation(dataset, config, run=run, pipelines=pipelines, models=model or [],
+                                backend=backend, max_queries=max_queries, say=lambda text: typer.echo(text, err=True))
+    except (FileNotFoundError, ValueError, TypeError, EvaluationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    folder = out or Path("eval-results") / f"{dataset.name}-{split}"
+    written = result.write(folder)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(render_html(result), encoding="utf-8")
+    typer.echo(markdown_summary(result))
+    typer.echo(f"\nruns and results.json: {written['results.json'].parent}" +
+               (f"; report: {report}" if report is not None else ""), err=True)

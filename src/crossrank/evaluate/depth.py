@@ -1,0 +1,63 @@
+"""Rerank depth curve: how quality, the first stage's recall ceiling and cost move with the number of candidates
+the reranker sees — the "how many candidates are worth the cost" answer.
+
+A reranker's score for a (query, document) pair does not depend on how many other candidates it sees, so the
+curve reuses one scoring pass at the largest depth: depth k keeps the first stage's top k, ordered by those
+scores. Cost is measured separately (see `DepthPoint.ms_per_query`), never derived from the quality pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from crossrank.evaluate.datasets import ranked
+from crossrank.evaluate.metrics import Qrels, Run, evaluate_run
+
+DEFAULT_DEPTHS: tuple[int, ...] = (10, 20, 50, 100, 200)
+
+
+@dataclass(frozen=True)
+class DepthPoint:
+    depth: int
+    quality: float  # the measure (nDCG@10 by default) after reranking the first stage's top `depth`
+    recall_ceiling: float  # R@depth of the first stage: the most any reranker of this depth can find
+    ms_per_query: float | None  # first stage + rerank at this depth, per query (None when not timed)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def rerank_at_depth(first_stage: Run, rerank_scores: Run, depth: int) -> Run:
+    """The first stage's top `depth` per query, scored by the reranker (every one of them must be scored)."""
+    if depth < 1:
+        raise ValueError(f"depth must be ≥ 1, got {depth}")
+    out: Run = {}
+    for qid, candidates in first_stage.items():
+        scores = rerank_scores.get(qid, {})
+        top = ranked(candidates)[:depth]
+        missing = [doc for doc in top if doc not in scores]
+        if missing:
+            raise ValueError(f"query {qid}: the reranker did not score {len(missing)} of its top-{depth} "
+                             f"candidates (e.g. {missing[0]!r}); score at the largest depth first")
+        out[qid] = {doc: scores[doc] for doc in top}
+    return out
+
+
+def usable_depths(first_stage: Run, depths: Sequence[int]) -> list[int]:
+    """The requested depths the first stage can supply (a top-100 run cannot be reranked at 200)."""
+    deepest = max((len(c) for c in first_stage.values()), default=0)
+    return sorted({d for d in depths if d <= deepest} | ({deepest} if any(d > deepest for d in depths) else set()))
+
+
+def depth_curve(qrels: Qrels, first_stage: Run, rerank_scores: Run, depths: Sequence[int] = DEFAULT_DEPTHS,
+                measure: str = "nDCG@10", rel: int | None = None,
+                time_depth: Callable[[int], float] | None = None) -> list[DepthPoint]:
+    """One point per usable depth; `time_depth(k)` returns measured milliseconds per query at depth k."""
+    points = []
+    for depth in usable_depths(first_stage, depths):
+        quality = evaluate_run(qrels, rerank_at_depth(first_stage, rerank_scores, depth), (measure,), rel)[measure]
+        ceiling = evaluate_run(qrels, first_stage, (f"R@{depth}",), rel)[f"R@{depth}"]
+        points.append(DepthPoint(depth, quality, ceiling, time_depth(depth) if time_depth else None))
+    return points
+

@@ -1,0 +1,88 @@
+"""From command-line choices to an experiment: which first stages and rerankers exist, which pipelines run by
+default, loading the models and the cached corpus index only when a pipeline needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from crossrank.evaluate.datasets import BeirDataset, read_run
+from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult, PairScorer
+from crossrank.evaluate.systems import CosineScorer, SystemSpec, parse_pipelines
+from crossrank.model.checkpoint import CheckpointError
+from crossrank.pipeline import FromRun, Fuse, Pipeline, Retrieve, Stage
+
+FIRST_STAGE_K = 1000
+
+
+class EvaluationError(RuntimeError):
+    """The requested evaluation cannot run as asked (a missing model or run); the message says what to pass."""
+
+
+def load_cross_encoders(models: Sequence[str], backend: str, say: Callable[[str], None]) -> dict[str, PairScorer]:
+    """"ce" for one model, "ce:NAME" (directory name) for several; the bundled default when none is given."""
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    if not models:
+        try:
+            return {"ce": CrossEncoder.from_pretrained(None, backend=backend)}  # type: ignore[arg-type]
+        except CheckpointError as exc:
+            say(f"note: no cross-encoder evaluated — {exc}. Pass --model DIR to add one.")
+            return {}
+    encoders = {Path(path).name: CrossEncoder.from_pretrained(path, backend=backend)  # type: ignore[arg-type]
+                for path in models}
+    if len(encoders) != len(models):
+        raise EvaluationError(f"two --model directories share a name: {list(models)}")
+    if len(encoders) == 1:
+        return {"ce": next(iter(encoders.values()))}
+    return {f"ce:{name}": encoder for name, encoder in encoders.items()}
+
+
+def default_pipelines(rerank_mode: bool, cross_encoders: Sequence[str]) -> list[SystemSpec]:
+    first = "run" if rerank_mode else "hybrid"
+    base = ["run", "run>>bi"] if rerank_mode else ["bm25", "dense", "hybrid"]
+    return parse_pipelines(base + [f"{first}>>{name}" for name in cross_encoders])
+
+
+def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, k: int,
+                 say: Callable[[str], None]) -> dict[str, Stage | Pipeline]:
+    stages: dict[str, Stage | Pipeline] = {}
+    if "run" in needed:
+        assert run_path is not None  # checked by run_evaluation before any model is loaded
+        stages["run"] = FromRun(read_run(run_path), dataset.corpus)
+    if needed & {"bm25", "dense", "hybrid"}:
+        from crossrank.evaluate.corpus_index import corpus_index
+
+        say(f"opening (or building, once) the index of {dataset.name}'s corpus ...")
+        index = corpus_index(dataset)
+        for name in ("bm25", "dense"):
+            stages[name] = Retrieve(index, [name], k=k, name=name)
+        stages["hybrid"] = Pipeline([Retrieve(index, ["bm25", "dense"], k=k), Fuse("rrf")])
+    return stages
+
+
+def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path | None = None,
+                   pipelines: str | Sequence[str] | None = None, models: Sequence[str] = (),
+                   backend: str = "onnx", max_queries: int | None = None,
+                   say: Callable[[str], None] = print, progress: bool = True) -> ExperimentResult:
+    if run is not None and not run.is_file():
+        raise FileNotFoundError(f"no such run file: {run}")
+    requested = parse_pipelines(pipelines) if pipelines else None
+    if run is None and any(s.first == "run" for s in requested or ()):
+        raise EvaluationError("pipeline 'run' needs --run FILE (a TREC run to rerank)")
+    wants_ce = requested is None or any((s.reranker or "").startswith("ce") for s in requested)
+    scorers: dict[str, PairScorer] = load_cross_encoders(models, backend, say) if wants_ce else {}
+    specs = requested or default_pipelines(run is not None, sorted(scorers))
+    missing = sorted({s.reranker for s in specs if s.reranker and s.reranker.startswith("ce")} - set(scorers))
+    if missing:
+        raise EvaluationError(f"pipelines use {missing} but the cross-encoders loaded are {sorted(scorers) or 'none'}"
+                              " (pass --model DIR; with several models name them ce:DIRNAME)")
+    if any(s.reranker == "bi" for s in specs):
+        from crossrank.model.embedding import BiEncoder
+
+        scorers["bi"] = CosineScorer(BiEncoder.from_pretrained(backend=backend), name="all-MiniLM-L6-v2 (cosine)")
+    k = max(FIRST_STAGE_K, config.depth, *config.depths)
+    stages = first_stages(dataset, {s.first for s in specs}, run, k, say)
+    say(f"evaluating {', '.join(s.name for s in specs)} on {dataset.name}:{dataset.split}")
+    experiment = Experiment(dataset, stages, scorers, config, progress=progress, max_queries=max_queries)
+    return experiment.run(specs)

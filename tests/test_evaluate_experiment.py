@@ -1,0 +1,233 @@
+"""Experiments end to end on a hand-made BEIR folder: pipelines through the real stages and models, depth curve,
+failure analysis, TREC/JSON outputs, the HTML report, and the `crossrank eval` command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crossrank.cli import app
+from crossrank.evaluate.datasets import BeirDataset, read_run, write_qrels, write_run
+from crossrank.evaluate.depth import rerank_at_depth, usable_depths
+from crossrank.evaluate.experiment import Experiment, ExperimentConfig
+from crossrank.evaluate.metrics import evaluate_run
+from crossrank.evaluate.report import markdown_summary, render_html
+from crossrank.evaluate.systems import CosineScorer, SystemSpec, parse_pipelines
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.embedding import BiEncoder
+from crossrank.pipeline import FromRun
+
+TOPICS = ["solar panels convert sunlight into electricity", "bees pollinate flowering plants",
+          "the heart pumps blood through arteries", "volcanoes erupt molten rock called lava",
+          "glaciers carve valleys as they move", "vaccines train the immune system"]
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 queries × 12 candidates over 40 documents, graded 0-3 judgments, one judged doc outside the run."""
+    root = tmp_path_factory.mktemp("beir") / "toy"
+    (root / "qrels").mkdir(parents=True)
+    rng = random.Random(0)
+    docs = {f"d{i}": f"{TOPICS[i % 6]} — note {i} with filler words {rng.random():.3f}" for i in range(40)}
+    with (root / "corpus.jsonl").open("w") as handle:
+        for doc_id, text in docs.items():
+            handle.write(json.dumps({"_id": doc_id, "title": f"title {doc_id}", "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as handle:
+        for q, topic in enumerate(TOPICS):
+            handle.write(json.dumps({"_id": f"q{q}", "text": topic.split()[0] + " " + topic.split()[-1]}) + "\n")
+    qrels, run = {}, {}
+    for q in range(6):
+        on_topic = [f"d{i}" for i in range(40) if i % 6 == q]
+        qrels[f"q{q}"] = {doc: grade for doc, grade in zip(on_topic, (3, 2, 1, 0, 2, 3, 1), strict=False)}
+        pool = on_topic[1:] + rng.sample([d for d in docs if d not in on_topic], 12 - len(on_topic[1:]))
+        run[f"q{q}"] = {doc: float(12 - rank) + rng.random() for rank, doc in enumerate(rng.sample(pool, 12))}
+    write_qrels(qrels, root / "qrels" / "test.tsv")
+    write_run(run, root / "runs" / "first.trec")
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(beir_dir: Path, tiny_model_dir: Path, minilm_dir: Path):
+    dataset = BeirDataset(beir_dir, "test")
+    scorers = {"ce": CrossEncoder.from_pretrained(tiny_model_dir, backend="torch"),
+               "bi": CosineScorer(BiEncoder.from_pretrained(minilm_dir, backend="torch"))}
+    config = ExperimentConfig(depth=10, depths=(5, 10, 50), permutations=200, timing_queries=2, worst=3)
+    experiment = Experiment(dataset, {"run": FromRun(dataset.run("first"), dataset.corpus)}, scorers, config,
+                            progress=False)
+    return experiment.run(parse_pipelines("run,run>>ce,run>>bi")), dataset, scorers
+
+
+def test_first_stage_row_equals_the_run_evaluated_directly(result) -> None:
+    experiment, dataset, _ = result
+    expected = evaluate_run(dataset.qrels, dataset.run("first"), experiment.config.measures)
+    assert experiment.system("run").means == pytest.approx(expected)
+    assert experiment.rel == 2
+
+
+def test_reranked_rows_are_the_models_own_ranking(result) -> None:
+    experiment, dataset, scorers = result
+    run = dataset.run("first")
+    for name, scorer in (("run>>ce", scorers["ce"]), ("run>>bi", scorers["bi"])):
+        system = experiment.system(name)
+        for qid, candidates in run.items():
+            top = sorted(candidates, key=lambda d: (candidates[d], d), reverse=True)[:10]
+            logits = scorer.score([dataset.queries[qid]] * len(top), [dataset.corpus[d] for d in top]).logits
+            assert system.run[qid] == pytest.approx(dict(zip(top, logits.tolist(), strict=True)), abs=1e-5)
+        assert system.means == pytest.approx(evaluate_run(dataset.qrels, system.run, experiment.config.measures))
+
+
+def test_significance_and_win_tie_loss_cover_every_query(result) -> None:
+    experiment, _, _ = result
+    assert experiment.baseline == "run"
+    for measure in experiment.config.measures:
+        assert set(experiment.tests[measure]) == {"run>>ce", "run>>bi"}
+        test = experiment.tests[measure]["run>>ce"]
+        assert test.wins + test.ties + test.losses == 6
+        assert 0 < test.randomisation_p <= test.randomisation_p_holm <= 1
+
+
+def test_depth_curve_reuses_one_scoring_pass(result) -> None:
+    experiment, dataset, _ = result
+    assert experiment.curve_system == "run>>ce"
+    assert [p.depth for p in experiment.curve] == [5, 10, 12]  # 50 capped at the run's 12 candidates
+    at_table_depth = next(p for p in experiment.curve if p.depth == 10)
+    assert at_table_depth.quality == pytest.approx(experiment.system("run>>ce").means["nDCG@10"])
+    ceilings = [p.recall_ceiling for p in experiment.curve]
+    assert ceilings == sorted(ceilings) and ceilings[-1] < 1.0  # one relevant doc per query is never retrieved
+    assert all(p.ms_per_query is not None and p.ms_per_query > 0 for p in experiment.curve)
+
+
+def test_failure_analysis_names_moves_and_unretrieved_documents(result) -> None:
+    experiment, dataset, _ = result
+    report = next(r for r in experiment.failures if r.system == "run>>ce")
+    assert report.relevant_unretrieved == 6 and report.queries_with_unretrieved == 6  # each q's first on-topic doc
+    for hurt in report.hurt:
+        assert hurt.after < hurt.before
+        for move in hurt.promoted:
+            assert move.rank_after <= 10 and (move.rank_before is None or move.rank_before > 10)
+            assert (move.grade or 0) < 2 and move.snippet
+        for move in hurt.demoted:
+            assert move.grade >= 2 and move.rank_before <= 10
+
+
+def test_outputs_are_trec_runs_and_json(result, tmp_path: Path) -> None:
+    experiment, _, _ = result
+    written = experiment.write(tmp_path)
+    for system in experiment.systems:
+        back = read_run(written[system.name])
+        assert set(back) == set(system.run)
+        for qid, docs in system.run.items():
+            assert back[qid] == pytest.approx(docs, abs=1e-6)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [s["name"] for s in data["systems"]] == ["run", "run>>ce", "run>>bi"]
+    assert data["tests"]["nDCG@10"]["run>>ce"]["wins"] >= 0
+    assert len(data["depth_curve"]["points"]) == 3
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+        self.tables += tag == "table"
+
+
+def test_html_report_is_self_contained_and_embeds_png_plots(result) -> None:
+    experiment, _, _ = result
+    document = render_html(experiment)
+    parser = _Collector()
+    parser.feed(document)
+    parser.close()
+    assert len(parser.images) == 3  # bars, depth curve, per-query Δ
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parser.tables >= 2 and "http" not in document.replace("https://", "")  # no external resources
+    summary = markdown_summary(experiment)
+    assert "| run>>ce |" in summary and "Rerank depth" in summary
+
+
+def test_depth_helpers_reject_what_they_cannot_do() -> None:
+    assert usable_depths({"q": {str(i): float(i) for i in range(30)}}, (10, 20, 50, 100)) == [10, 20, 30]
+    with pytest.raises(ValueError, match="did not score"):
+        rerank_at_depth({"q": {"a": 2.0, "b": 1.0}}, {"q": {"a": 0.5}}, 2)
+    with pytest.raises(ValueError, match="depth"):
+        rerank_at_depth({}, {}, 0)
+
+
+def test_spec_parsing_errors() -> None:
+    assert SystemSpec.parse("hybrid >> ce:mini").name == "hybrid>>ce:mini"
+    for bad, message in (("bm26", "first stage"), ("bm25>>xx", "reranker"), ("a>>b>>c", "FIRST"),
+                         ("bm25,bm25", "twice"), ("", "no pipelines")):
+        with pytest.raises(ValueError, match=message):
+            parse_pipelines(bad)
+
+
+def test_experiment_config_and_baseline_errors(beir_dir: Path) -> None:
+    with pytest.raises(ValueError, match="depth"):
+        ExperimentConfig(depth=0)
+    dataset = BeirDataset(beir_dir, "test")
+    experiment = Experiment(dataset, {"run": FromRun(dataset.run("first"), dataset.corpus)}, {}, progress=False)
+    with pytest.raises(ValueError, match="baseline"):
+        Experiment(dataset, experiment.first_stages, {}, ExperimentConfig(baseline="nope"),
+                   progress=False).run(parse_pipelines("run"))
+    with pytest.raises(ValueError, match="no reranker"):
+        experiment.run(parse_pipelines("run>>ce"))
+
+
+def test_cli_eval_writes_runs_report_and_summary(beir_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out", tmp_path / "r.html"
+    result = CliRunner().invoke(app, [
+        "eval", str(beir_dir), "--run", str(beir_dir / "runs" / "first.trec"), "--model", str(tiny_model_dir),
+        "--pipelines", "run,run>>ce", "--depths", "5,10", "--depth", "10", "--permutations", "100",
+        "--timing-queries", "1", "--out", str(out), "--report", str(report), "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    assert "| run>>ce |" in result.stdout
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["run.trec", "run__ce.trec"]
+    assert report.read_text().count("data:image/png;base64,") == 3
+
+
+def test_cli_without_a_cross_encoder_says_so_and_evaluates_the_rest(beir_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(beir_dir), "--run", str(beir_dir / "runs" / "first.trec"),
+                                      "--pipelines", "run", "--out", str(tmp_path), "--permutations", "50"])
+    assert result.exit_code == 0, result.output
+    assert "| run (baseline) |" in result.stdout
+    result = CliRunner().invoke(app, ["eval", str(beir_dir), "--run", str(beir_dir / "runs" / "first.trec"),
+                                      "--pipelines", "run,run>>ce", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no cross-encoder evaluated" in result.output
+    assert "cross-encoders loaded are none" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--split", "dev"], "no split 'dev'"),
+    (["--run", "missing.trec"], "no such run file"),
+    (["--pipelines", "run"], "needs --run"),
+    (["--pipelines", "bogus"], "first stage must be one of"),
+    (["--measures", "nDCG@x", "--pipelines", "run", "--run", "RUN"], "unknown measure"),
+    (["--depths", "10,x"], "comma-separated integers"),
+])
+def test_cli_bad_input_is_a_clear_error(beir_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    args = [str(beir_dir / "runs" / "first.trec") if a == "RUN" else a for a in args]
+    result = CliRunner().invoke(app, ["eval", str(beir_dir), "--out", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+@pytest.mark.shared
+def test_dl20_shipped_bm25_run_through_the_experiment_gives_published_ndcg(shared_datasets: Path) -> None:
+    dataset = BeirDataset(shared_datasets / "trec-dl-2020", "test")
+    experiment = Experiment(dataset, {"run": FromRun(dataset.run("bm25-top100"), dataset.corpus)}, {},
+                            ExperimentConfig(permutations=10), progress=False)
+    row = experiment.run(parse_pipelines("run")).system("run")
+    assert round(row.means["nDCG@10"], 4) == 0.4796
+    assert len(row.run) == 54
