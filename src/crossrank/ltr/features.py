@@ -234,9 +234,10 @@ class FeatureSet:
 
 def default_feature_set(signals: Sequence[str] = ("bm25", "dense", "fusion", "rerank")) -> FeatureSet:
     """Every stage's score and rank plus length and term-match features — what a hybrid + cross-encoder
-    pipeline produces. Add metadata features (Freshness, Numeric) for your own fields."""
+    pipeline produces, named after its signals so different pipelines never share a name. Add metadata
+    features (Freshness, Numeric) for your own fields."""
     features: list[Feature] = []
     for signal in signals:
         features += [StageScore(signal), StageRank(signal)]
     features += [DocLength(), TitleMatch(), QueryCoverage()]
-    return FeatureSet("crossrank-default", 1, tuple(features))
+    return FeatureSet("crossrank-" + "+".join(signals), 1, tuple(features))
