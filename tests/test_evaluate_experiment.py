@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crossrank.cli import app
-from crossrank.evaluate.datasets import BeirDataset, read_run, write_qrels, write_run
+from crossrank.evaluate.datasets import BeirDataset, ranked, read_run, write_qrels, write_run
 from crossrank.evaluate.depth import rerank_at_depth, usable_depths
 from crossrank.evaluate.experiment import Experiment, ExperimentConfig
 from crossrank.evaluate.metrics import evaluate_run
@@ -231,3 +231,28 @@ def test_dl20_shipped_bm25_run_through_the_experiment_gives_published_ndcg(share
     row = experiment.run(parse_pipelines("run")).system("run")
     assert round(row.means["nDCG@10"], 4) == 0.4796
     assert len(row.run) == 54
+
+
+@pytest.mark.slow
+def test_full_retrieval_builds_the_corpus_index_once_and_ranks_through_it(beir_dir: Path, tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from crossrank.evaluate.corpus_index import COMPLETE, index_path
+    from crossrank.evaluate.runner import run_evaluation
+    from crossrank.store.index import IndexConfig
+
+    dataset = BeirDataset(beir_dir, "test")
+    config = ExperimentConfig(depth=10, depths=(5, 10), permutations=100, timing_queries=1)
+    result = run_evaluation(dataset, config, pipelines="bm25,dense,hybrid,bm25>>ce", models=[str(tiny_model_dir)],
+                            backend="torch", say=lambda _: None, progress=False)
+    marker = index_path(dataset, IndexConfig()) / COMPLETE
+    built = marker.stat().st_mtime_ns
+    assert [s.name for s in result.systems] == ["bm25", "dense", "hybrid", "bm25>>ce"]
+    for system in result.systems:
+        assert set(system.run) == set(dataset.qrels) and all(system.run.values())
+        assert set().union(*system.run.values()) <= set(dataset.corpus)  # document ids, not passage ids
+    # Topic words are shared by on-topic documents only, so lexical and dense retrieval both find them.
+    assert result.system("bm25").means["nDCG@10"] > 0.5 and result.system("dense").means["nDCG@10"] > 0.5
+    for qid, candidates in result.system("bm25").run.items():  # BM25 returns only documents sharing a term
+        assert set(result.system("bm25>>ce").run[qid]) == set(ranked(candidates)[:10])
+    run_evaluation(dataset, config, pipelines="bm25", say=lambda _: None, progress=False)
+    assert marker.stat().st_mtime_ns == built  # cached, not rebuilt
