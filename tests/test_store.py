@@ -260,3 +260,35 @@ def test_ingest_reports_and_indexes_a_folder(tmp_path: Path, folder: Path, tiny_
         again = index.ingest([folder])  # re-ingesting replaces, never duplicates
         assert index.count() == {"documents": 7, "passages": 7} and again.documents == 7
         assert set(index.fields()) >= {"lang", "year", "source", "timestamp", "url"}
+
+
+def test_threads_search_while_another_thread_commits(tmp_path: Path, tiny_index_config: IndexConfig):
+    import threading
+
+    index = Index.create(tmp_path / "index", tiny_index_config)
+    index.add([Document(f"owls number {i}", id=f"base{i}") for i in range(10)])
+    index.commit()
+    stop, errors, seen = threading.Event(), [], []
+
+    def search() -> None:
+        try:
+            while not stop.is_set():
+                for retriever in ("bm25", "dense"):
+                    found = len(index.retrieve(retriever, [Query("owls")], 100)[0])
+                    assert found >= 10 and found % 10 == 0, found  # whole batches only
+                    seen.append(found)
+        except Exception as exc:  # noqa: BLE001  (reported to the main thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for batch in range(5):
+        index.add([Document(f"owls batch {batch} item {i}", id=f"b{batch}-{i}") for i in range(10)])
+        index.commit()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert seen and max(seen) <= 60 and index.count()["passages"] == 60
+    index.close()

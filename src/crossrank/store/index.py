@@ -108,7 +108,8 @@ class Index:
         if not database.is_file():
             raise NotAnIndexError(f"no crossrank index at {path} (create one with `crossrank index {path} --from ...`)")
         self.path, self.writable = path, writable
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards in-memory state: staged changes, the dense index, BM25 sync
+        self._commit_lock = threading.Lock()  # one commit at a time
         self._lock_file = None
         if writable:
             self._lock_file = (path / "writer.lock").open("a")
@@ -117,7 +118,9 @@ class Index:
             except BlockingIOError as exc:
                 self._lock_file.close()
                 raise IndexLockedError(f"another process is writing to {path}") from exc
-        self.db = _connect(database)
+        self._database = database
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         if int(meta.get("format", -1)) != FORMAT:
             raise NotAnIndexError(f"{path}: unsupported index format {meta.get('format')!r} (expected {FORMAT})")
@@ -168,8 +171,22 @@ class Index:
         path = Path(path)
         return cls(path, writable=True) if (path / DATABASE).is_file() else cls.create(path, config)
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection: WAL lets readers in many threads run beside the writer's transaction."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = _connect(self._database)
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+            self._local = threading.local()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
@@ -186,21 +203,23 @@ class Index:
     def encoder(self) -> Any:
         if not self.config.dense:
             raise ValueError(f"the index at {self.path} was built without dense vectors")
-        if self._encoder is None:
-            from crossrank.model.embedding import BiEncoder
+        with self._lock:
+            if self._encoder is None:
+                from crossrank.model.embedding import BiEncoder
 
-            self._encoder = BiEncoder.from_pretrained(self.config.dense_model)
-        return self._encoder
+                self._encoder = BiEncoder.from_pretrained(self.config.dense_model)
+            return self._encoder
 
     @property
     def chunker(self) -> Chunker:
-        if self._chunker is None:
-            from crossrank.model.checkpoint import bi_encoder_path
-            from crossrank.model.tokenization import load_tokenizer
+        with self._lock:
+            if self._chunker is None:
+                from crossrank.model.checkpoint import bi_encoder_path
+                from crossrank.model.tokenization import load_tokenizer
 
-            tokenizer, _ = load_tokenizer(Path(self.config.dense_model or bi_encoder_path()))
-            self._chunker = Chunker(tokenizer, self.config.passage_tokens, self.config.overlap)
-        return self._chunker
+                tokenizer, _ = load_tokenizer(Path(self.config.dense_model or bi_encoder_path()))
+                self._chunker = Chunker(tokenizer, self.config.passage_tokens, self.config.overlap)
+            return self._chunker
 
     # ---- writing --------------------------------------------------------------------------------------------
 
@@ -211,36 +230,44 @@ class Index:
     def add(self, documents: Iterable[Document | Mapping[str, Any]]) -> int:
         """Stage documents for the next commit; a document id already indexed (or staged) is replaced."""
         self._require_writable()
-        count = 0
+        staged = []
         for i, value in enumerate(documents):
             document = Document.coerce(value, i)
             if document.id is None or not str(document.id).strip():
                 raise ValueError(f"document {i}: an indexed document needs a non-empty id")
-            self._pending[document.id] = document
-            count += 1
-        return count
+            staged.append(document)
+        with self._lock:
+            self._pending.update((d.id, d) for d in staged)
+        return len(staged)
 
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
         """Stage deletions for the next commit; returns the ids that are neither indexed nor staged."""
         self._require_writable()
         unknown = []
         for doc_id in doc_ids:
-            staged = self._pending.pop(doc_id, None) is not None
             live = self.db.execute("SELECT 1 FROM passages WHERE doc_id = ? AND deleted IS NULL LIMIT 1",
                                    (doc_id,)).fetchone() is not None
-            if live:
-                self._pending_deletes.add(doc_id)
-            elif not staged:
+            with self._lock:
+                staged = self._pending.pop(doc_id, None) is not None
+                if live:
+                    self._pending_deletes.add(doc_id)
+            if not live and not staged:
                 unknown.append(doc_id)
         return unknown
 
     def commit(self, *, show_progress: bool = False) -> int:
-        """Make staged changes durable and searchable; returns the new generation (unchanged if nothing staged)."""
+        """Make staged changes durable and searchable; returns the new generation (unchanged if nothing staged).
+
+        Chunking and embedding run outside the lock, so searches in other threads go on meanwhile; documents
+        staged during that time wait for the next commit.
+        """
         self._require_writable()
-        with self._lock:
-            if not self._pending and not self._pending_deletes:
+        with self._commit_lock:
+            with self._lock:
+                pending, deletes = dict(self._pending), set(self._pending_deletes)
+            if not pending and not deletes:
                 return self.generation
-            documents = list(self._pending.values())
+            documents = list(pending.values())
             rows = []
             for document, passages in zip(documents, self.chunker.split([d.text for d in documents]), strict=True):
                 metadata = json.dumps(dict(document.metadata), ensure_ascii=False, default=str)
@@ -250,28 +277,35 @@ class Index:
             if self.config.dense and rows:
                 contents = [Document(text=r[4], title=r[3]).content for r in rows]
                 vectors = [v.tobytes() for v in self.encoder.encode(contents, show_progress_bar=show_progress)]
-            replaced = self._pending_deletes | {d.id for d in documents}
-            names = {key for d in documents for key in d.metadata}
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                generation = int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]) + 1
-                db.executemany("UPDATE passages SET deleted = ?, text = '', vector = NULL "
-                               "WHERE doc_id = ? AND deleted IS NULL", [(generation, d) for d in replaced])
-                db.executemany("INSERT INTO passages (pid, doc_id, position, title, text, metadata, vector, added) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               [(*row, vector, generation) for row, vector in zip(rows, vectors, strict=True)])
-                db.executemany("INSERT OR IGNORE INTO fields VALUES (?)", [(n,) for n in names])
-                db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._pending.clear()
-            self._pending_deletes.clear()
-            self._sync_bm25()
-            self._refresh_dense()
+            generation = self._write(rows, vectors, deletes | set(pending), {k for d in documents for k in d.metadata})
+            with self._lock:
+                for doc_id, document in pending.items():
+                    if self._pending.get(doc_id) is document:
+                        del self._pending[doc_id]
+                self._pending_deletes -= deletes
+                self._sync_bm25()
+                self._refresh_dense()
             return generation
+
+    def _write(self, rows: list[tuple[Any, ...]], vectors: list[bytes | None], replaced: set[str],
+               names: set[str]) -> int:
+        """The commit point: one SQLite transaction for new passages, their vectors, deletions and generation."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            generation = int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]) + 1
+            db.executemany("UPDATE passages SET deleted = ?, text = '', vector = NULL "
+                           "WHERE doc_id = ? AND deleted IS NULL", [(generation, d) for d in replaced])
+            db.executemany("INSERT INTO passages (pid, doc_id, position, title, text, metadata, vector, added) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*row, vector, generation) for row, vector in zip(rows, vectors, strict=True)])
+            db.executemany("INSERT OR IGNORE INTO fields VALUES (?)", [(n,) for n in names])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return generation
 
     def ingest(self, paths: Sequence[str | os.PathLike[str]], *, mapping: FieldMapping | None = None,
                commit_every: int = 1000, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -382,14 +416,15 @@ class Index:
         """Top-k passages per query from "bm25" or "dense", with the score and rank recorded under that name."""
         if retriever not in RETRIEVERS:
             raise ValueError(f"unknown retriever {retriever!r}; this index has {', '.join(self.retrievers)}")
-        with self._lock:
-            self.refresh()
-            allowed = [self._allowed(q.filters) for q in queries]
-            if retriever == "bm25":
-                hits = [self._bm25(q.text, k, a) for q, a in zip(queries, allowed, strict=True)]
-            else:
-                hits = self._dense(queries, k, allowed)
-            return [self._candidates(h, retriever) for h in hits]
+        self.refresh()
+        allowed = [self._allowed(q.filters) for q in queries]
+        if retriever == "bm25":
+            hits = [self._bm25(q.text, k, a) for q, a in zip(queries, allowed, strict=True)]
+        else:
+            vectors = self.encoder.encode([q.text for q in queries])  # raises for an index without vectors
+            with self._lock:
+                hits = self._dense(vectors, k, allowed)
+        return [self._candidates(h, retriever) for h in hits]
 
     @property
     def retrievers(self) -> list[str]:
@@ -407,10 +442,9 @@ class Index:
                 return kept[:k]
             limit *= 4
 
-    def _dense(self, queries: Sequence[Query], k: int, allowed: list[np.ndarray | None]) -> list[list[tuple[int, float]]]:
-        vectors = self.encoder.encode([q.text for q in queries])  # raises for an index without vectors
+    def _dense(self, vectors: np.ndarray, k: int, allowed: list[np.ndarray | None]) -> list[list[tuple[int, float]]]:
         assert self.dense is not None
-        out: list[list[tuple[int, float]]] = [[] for _ in queries]
+        out: list[list[tuple[int, float]]] = [[] for _ in vectors]
         unfiltered = [i for i, a in enumerate(allowed) if a is None]
         if unfiltered:
             for i, hits in zip(unfiltered, self.dense.search(vectors[unfiltered], k), strict=True):
