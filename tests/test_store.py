@@ -225,6 +225,16 @@ def test_opening_errors_and_the_writer_lock(tmp_path: Path, tiny_index_config: I
         Index.create(tmp_path / "plain", tiny_index_config)
     with pytest.raises(ValueError, match="overlap"):
         Index.create(tmp_path / "bad", IndexConfig(passage_tokens=64, overlap=40))
+    with pytest.raises(ValueError, match="title_boost"):
+        Index.create(tmp_path / "bad", IndexConfig(title_boost=0))
+    assert not (tmp_path / "bad").exists()  # a rejected config leaves nothing behind
+    (tmp_path / "interrupted").mkdir()
+    (tmp_path / "interrupted" / "passages.sqlite").write_bytes(b"")  # killed before its first commit
+    with pytest.raises(NotAnIndexError, match="not a usable crossrank index"):
+        Index.open(tmp_path / "interrupted")
+    (tmp_path / "interrupted" / "passages.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(NotAnIndexError, match="not a usable crossrank index"):
+        Index.open(tmp_path / "interrupted", writable=True)
     writer = Index.create(tmp_path / "index", tiny_index_config)
     with pytest.raises(IndexLockedError, match="another process"):
         Index.open(tmp_path / "index", writable=True)

@@ -76,6 +76,15 @@ class IndexConfig:
     dense_model: str | None = None
     exact_threshold: int = DEFAULT_EXACT_THRESHOLD
 
+    def validate(self) -> None:
+        Chunker.validate(self.passage_tokens, self.overlap)
+        if not self.title_boost > 0:
+            raise ValueError(f"title_boost must be positive, got {self.title_boost}")
+        if self.exact_threshold < 0:
+            raise ValueError(f"exact_threshold must be non-negative, got {self.exact_threshold}")
+        if self.dense_model is not None and not Path(self.dense_model).is_dir():
+            raise ValueError(f"dense_model must be a checkpoint directory, got {self.dense_model!r}")
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> IndexConfig:
         names = {f.name for f in fields(cls)}
@@ -121,8 +130,13 @@ class Index:
         self._database = database
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        try:
+            meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as exc:  # not SQLite, or a creation killed before its first commit
+            self.close()
+            raise NotAnIndexError(f"{path}: not a usable crossrank index ({exc}); delete it and index again") from exc
         if int(meta.get("format", -1)) != FORMAT:
+            self.close()
             raise NotAnIndexError(f"{path}: unsupported index format {meta.get('format')!r} (expected {FORMAT})")
         self.config = IndexConfig.from_dict(json.loads(meta["config"]))
         self.bm25 = BM25Index(path / "bm25", stemming=self.config.stemming, title_boost=self.config.title_boost)
@@ -143,15 +157,17 @@ class Index:
         """A new, empty index at `path` (which must not hold anything else), opened for writing."""
         path = Path(path)
         config = config or IndexConfig()
-        Chunker.validate(config.passage_tokens, config.overlap)
+        config.validate()
         if (path / DATABASE).exists():
             raise FileExistsError(f"an index already exists at {path}")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"{path} exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         db = _connect(path / DATABASE)
-        db.executescript(SCHEMA)
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")  # tables and configuration appear together or not at all
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
         db.executemany("INSERT INTO meta VALUES (?, ?)",
                        [("format", str(FORMAT)), ("generation", "0"), ("config", json.dumps(asdict(config)))])
         db.execute("COMMIT")
