@@ -53,8 +53,9 @@ class ThreadedServer:
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model_dir):
-    config = ServerConfig(model=str(tiny_model_dir), api_keys=frozenset({KEY}), max_documents=200)
+def base_url(tiny_model_dir, tmp_path_factory):
+    config = ServerConfig(model=str(tiny_model_dir), api_keys=frozenset({KEY}), max_documents=200,
+                          index_root=tmp_path_factory.mktemp("indexes"))
     with ThreadedServer(create_app(config)) as url:
         yield url
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from crossrank.server.auth import require_api_key
 from crossrank.server.batcher import ClientDisconnected, MicroBatcher, Overloaded, RequestTimedOut
 from crossrank.server.config import ServerConfig
+from crossrank.server.indexes import IndexRegistry, index_router
 from crossrank.server.limits import BodySizeLimit
 from crossrank.server.metrics import Metrics
 from crossrank.server.schemas import (
@@ -70,6 +71,7 @@ def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAP
             app.state.ready = False
             log.info("draining")
             await batcher.close()
+            app.state.indexes.close()
             log.info("stopped")
 
     app = FastAPI(title="crossrank", version="0.1.0", lifespan=lifespan,
@@ -78,9 +80,11 @@ def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAP
     app.state.scorer = scorer
     app.state.metrics = metrics
     app.state.ready = False
+    app.state.indexes = IndexRegistry(config.index_root)
     install_error_handlers(app)
     app.include_router(ops_router())
     app.include_router(rerank_router())
+    app.include_router(index_router())
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     return app

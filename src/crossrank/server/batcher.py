@@ -107,7 +107,7 @@ class MicroBatcher:
         if self._queue is None or self._closing:
             raise Overloaded("the server is not accepting work (starting or draining)", retry_after=1)
         if not texts:
-            return ScoredPairs(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+            return ScoredPairs(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         if self.queued_pairs + len(texts) > self.max_queue_pairs:
             raise Overloaded(f"queue full ({self.queued_pairs} pairs waiting, limit {self.max_queue_pairs})",
                              retry_after=max(1, math.ceil(self.queued_pairs / 1000)))

@@ -4,11 +4,20 @@ optional fields accept explicit nulls because the SDKs send them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 DocumentIn = str | dict[str, Any]
+
+
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("query is empty or only whitespace")
+    return query
+
+
+QueryText = Annotated[str, Field(min_length=1, description="The search query."), AfterValidator(_not_blank)]
 
 
 def document_text(document: DocumentIn, index: int, rank_fields: list[str] | None) -> str:
@@ -43,17 +52,10 @@ class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Accepted for compatibility; the server's loaded model answers.")
-    query: str = Field(min_length=1, description="The search query.")
+    query: QueryText
     documents: list[DocumentIn] = Field(description="Strings or objects with a string `text` field.")
     top_n: int | None = Field(None, ge=1, description="Return only the best N results (default: all).")
     return_documents: bool | None = Field(None, description="Echo each document in its result (default false).")
-
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, query: str) -> str:
-        if not query.strip():
-            raise ValueError("query is empty or only whitespace")
-        return query
 
     def texts(self) -> list[str]:
         return [document_text(document, i, None) for i, document in enumerate(self.documents)]
@@ -126,3 +128,73 @@ class RerankResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     message: str
+
+
+INDEX_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Index names: letters, digits, '_', '.', '-', not starting with '.', so no name can leave the index root."""
+
+
+class SearchRequest(BaseModel):
+    """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
+    query: QueryText
+    k: int = Field(10, ge=1, le=1000, description="Results to return.")
+    filters: dict[str, Any] | None = Field(None, description='Metadata filters, e.g. {"lang": "en"}.')
+    retrievers: list[str] | None = Field(None, min_length=1, description="bm25 and/or dense (default: all).")
+    first_k: int = Field(100, ge=1, le=10000, description="Candidates per retriever.")
+    rerank_k: int = Field(50, ge=0, le=1000, description="Candidates the cross-encoder rescores (0: none).")
+    explain: bool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
+
+
+class SearchHit(BaseModel):
+    id: str
+    doc_id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    scores: dict[str, float]
+    ranks: dict[str, int]
+    first_stage_rank: int | None = None
+
+
+class SearchResponse(BaseModel):
+    index: str
+    query: str
+    results: list[SearchHit]
+    pipeline: str | None = None
+    trace: list[dict[str, Any]] | None = None
+
+
+class IndexDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AddDocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[IndexDocument] = Field(min_length=1)
+    dense: bool = Field(True, description="Only when this request creates the index: also store dense vectors.")
+
+
+class IndexChange(BaseModel):
+    index: str
+    generation: int
+    documents: int
+    passages: int

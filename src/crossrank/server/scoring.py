@@ -20,14 +20,17 @@ from crossrank.types import Document
 
 @dataclass(frozen=True)
 class ScoredPairs:
-    """Aligned with the input pairs: calibrated probability, raw logit, and input tokens the pair consumed."""
+    """Aligned with the input pairs: calibrated probability, raw logit, input tokens the pair consumed, and
+    the windows its document needed."""
 
     probabilities: np.ndarray
     logits: np.ndarray
     tokens: np.ndarray
+    windows: np.ndarray
 
     def slice(self, start: int, stop: int) -> ScoredPairs:
-        return ScoredPairs(self.probabilities[start:stop], self.logits[start:stop], self.tokens[start:stop])
+        span = slice(start, stop)
+        return ScoredPairs(self.probabilities[span], self.logits[span], self.tokens[span], self.windows[span])
 
 
 class PairScorer(Protocol):
@@ -64,4 +67,5 @@ class EncoderScorer:
             documents.append(Document(text=text))
             tokens[i] = query_tokens[query] + length
         scores = self.encoder.score(list(queries), documents)
-        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens)
+        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens,
+                           scores.windows)

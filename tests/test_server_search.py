@@ -1,0 +1,96 @@
+"""/search and document management on named indexes: the pipeline and store behind HTTP, with index names
+that cannot escape the index root."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.pipeline import Cut, Pipeline, Rerank, Retrieve
+from crossrank.server.app import create_app
+from crossrank.server.config import ServerConfig
+from crossrank.server.scoring import EncoderScorer
+from crossrank.store import Index
+
+DOCS = [
+    {"id": "paris", "text": "Paris is the capital and largest city of France.", "metadata": {"lang": "en"}},
+    {"id": "berlin", "text": "Berlin is the capital of Germany.", "metadata": {"lang": "en"}},
+    {"id": "madrid", "text": "Madrid est la capitale de l'Espagne.", "metadata": {"lang": "fr"}},
+    {"id": "bread", "text": "Bread is baked from flour, water and yeast.", "metadata": {"lang": "en"}},
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir) -> CrossEncoder:
+    return CrossEncoder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def client(encoder, tmp_path):
+    config = ServerConfig(index_root=tmp_path / "indexes", max_documents=50)
+    with TestClient(create_app(config, EncoderScorer(encoder))) as c:
+        response = c.post("/indexes/cities/documents", json={"documents": DOCS, "dense": False})
+        assert response.status_code == 200, response.text
+        yield c
+
+
+def test_add_then_search_matches_the_pipeline(client, encoder, tmp_path):
+    assert client.get("/indexes").json() == {"indexes": ["cities"]}
+    body = client.post("/search", json={"index": "cities", "query": "capital city", "k": 2, "rerank_k": 3,
+                                        "explain": True}).json()
+    assert len(body["results"]) == 2 and [t["stage"] for t in body["trace"]] == ["retrieve", "rerank", "cut"]
+    assert "rerank" in body["results"][0]["scores"] and "bm25" in body["results"][0]["ranks"]
+    client.app.state.indexes.close()  # release the writer lock so the direct check below can read
+    with Index.open(tmp_path / "indexes" / "cities") as index:
+        expected = Pipeline([Retrieve(index, ["bm25"], k=100), Rerank(encoder, k=3), Cut(2)]).search("capital city")
+    assert [r["id"] for r in body["results"]] == [c.id for c in expected.candidates]
+
+
+def test_filters_update_and_delete(client):
+    french = client.post("/search", json={"index": "cities", "query": "capitale", "filters": {"lang": "fr"}}).json()
+    assert [r["doc_id"] for r in french["results"]] == ["madrid"] and "trace" not in french
+    updated = client.put("/indexes/cities/documents/bread", json={"text": "Sourdough bread rises slowly."})
+    assert updated.status_code == 200 and updated.json()["documents"] == 4
+    hits = client.post("/search", json={"index": "cities", "query": "sourdough", "rerank_k": 0}).json()["results"]
+    assert hits[0]["doc_id"] == "bread" and "Sourdough" in hits[0]["text"]
+    deleted = client.delete("/indexes/cities/documents/bread")
+    assert deleted.status_code == 200 and deleted.json()["documents"] == 3
+    missing = client.delete("/indexes/cities/documents/bread")
+    assert missing.status_code == 404 and "no document 'bread'" in missing.json()["message"]
+
+
+@pytest.mark.parametrize("name", ["..", "../etc", ".hidden", "a/b", "x" * 65])
+def test_index_names_cannot_escape_the_root(client, name, tmp_path):
+    response = client.post(f"/indexes/{name}/documents", json={"documents": DOCS[:1], "dense": False})
+    assert response.status_code in (404, 422)
+    search = client.post("/search", json={"index": name, "query": "q"})
+    assert search.status_code == 422
+    assert not any(p.name != "cities" for p in (tmp_path / "indexes").iterdir())
+
+
+@pytest.mark.parametrize("payload, status, fragment", [
+    ({"index": "nowhere", "query": "q"}, 404, "no index named 'nowhere'"),
+    ({"index": "cities", "query": "q", "retrievers": ["dense"]}, 422, "not available"),
+    ({"index": "cities", "query": "q", "filters": {"colour": "red"}}, 422, "unknown filter field 'colour'"),
+    ({"index": "cities", "query": "q", "rerank_k": 60}, 413, "max_documents"),
+    ({"index": "cities", "query": " "}, 422, "query is empty"),
+])
+def test_search_errors_are_clear(client, payload, status, fragment):
+    response = client.post("/search", json=payload)
+    assert response.status_code == status and fragment in response.json()["message"]
+
+
+def test_document_errors_are_clear(client):
+    no_id = client.post("/indexes/cities/documents", json={"documents": [{"text": "x"}]})
+    assert no_id.status_code == 422 and "id" in no_id.json()["message"]
+    too_many = client.post("/indexes/cities/documents",
+                           json={"documents": [{"id": str(i), "text": "t"} for i in range(51)]})
+    assert too_many.status_code == 413
+    assert client.put("/indexes/absent/documents/x", json={"text": "t"}).status_code == 404
+
+
+def test_search_without_index_root_is_404(encoder):
+    with TestClient(create_app(ServerConfig(), EncoderScorer(encoder))) as c:
+        response = c.post("/search", json={"index": "cities", "query": "q"})
+        assert response.status_code == 404 and "--index-root" in response.json()["message"]
