@@ -73,6 +73,12 @@ def test_v1_matches_engine_ranking_and_probabilities(client, encoder):
     assert body["id"] and body["model"]
 
 
+def test_unversioned_alias_answers_like_v1(client):
+    payload = {"query": "Paris", "documents": DOCS, "top_n": 3}
+    plain, v1 = client.post("/rerank", json=payload).json(), client.post("/v1/rerank", json=payload).json()
+    assert plain["results"] == v1["results"] and "usage" in plain
+
+
 def test_v2_top_n_without_documents(client):
     body = client.post("/v2/rerank", json={"model": "x", "query": "Paris", "documents": DOCS, "top_n": 2}).json()
     assert len(body["results"]) == 2 and "document" not in body["results"][0]
