@@ -254,5 +254,8 @@ def test_full_retrieval_builds_the_corpus_index_once_and_ranks_through_it(beir_d
     assert result.system("bm25").means["nDCG@10"] > 0.5 and result.system("dense").means["nDCG@10"] > 0.5
     for qid, candidates in result.system("bm25").run.items():  # BM25 returns only documents sharing a term
         assert set(result.system("bm25>>ce").run[qid]) == set(ranked(candidates)[:10])
-    run_evaluation(dataset, config, pipelines="bm25", say=lambda _: None, progress=False)
+    run_evaluation(dataset, config, pipelines="dense", say=lambda _: None, progress=False)
     assert marker.stat().st_mtime_ns == built  # cached, not rebuilt
+    bm25_only = run_evaluation(dataset, config, pipelines="bm25", say=lambda _: None, progress=False)
+    assert (index_path(dataset, IndexConfig(dense=False)) / COMPLETE).is_file()  # no corpus embedding needed
+    assert bm25_only.system("bm25").run == result.system("bm25").run

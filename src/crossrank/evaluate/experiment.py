@@ -182,9 +182,13 @@ class Experiment:
         if name not in self._first:
             if name not in self.first_stages:
                 raise ValueError(f"first stage {name!r} is not available; have {sorted(self.first_stages)}")
-            start = time.perf_counter()
-            results = self.first_stages[name].run(self.queries)
-            ms = (time.perf_counter() - start) * 1000 / len(self.queries)
+            results, seconds, step = [], 0.0, self.config.query_batch * 4
+            for start in tqdm(range(0, len(self.queries), step), desc=f"first stage {name}", unit="batch",
+                              disable=not self.progress):
+                begin = time.perf_counter()
+                results += self.first_stages[name].run(self.queries[start:start + step])
+                seconds += time.perf_counter() - begin
+            ms = seconds * 1000 / len(self.queries)
             candidates = {r.query.id: r.candidates for r in results}
             run = {qid: {c.id: c.score for c in cands} for qid, cands in candidates.items()}
             self._first[name] = FirstStageOutput(candidates, run, ms)

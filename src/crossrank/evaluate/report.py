@@ -114,11 +114,13 @@ def plots(result: ExperimentResult) -> dict[str, str]:
         axis.set_xscale("log")
         axis.set_xticks(depths, [str(d) for d in depths])
         axis.set_xlabel("rerank depth k")
-        axis.legend(loc="lower right")
+        handles = axis.get_lines()
         if all(p.ms_per_query is not None for p in result.curve):
             cost = axis.twinx()
-            cost.plot(depths, [p.ms_per_query for p in result.curve], "^:", color="#c44e52")
+            handles += cost.plot(depths, [p.ms_per_query for p in result.curve], "^:", color="#c44e52",
+                                 label="ms / query (right)")
             cost.set_ylabel("ms / query", color="#c44e52")
+        axis.legend(handles=handles, loc="lower right", fontsize=8)
         axis.set_title(f"depth curve: {result.curve_system}")
         images["rerank depth curve"] = _png(figure)
 

@@ -52,12 +52,16 @@ def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, 
         stages["run"] = FromRun(read_run(run_path), dataset.corpus)
     if needed & {"bm25", "dense", "hybrid"}:
         from crossrank.evaluate.corpus_index import corpus_index
+        from crossrank.store.index import IndexConfig
 
-        say(f"opening (or building, once) the index of {dataset.name}'s corpus ...")
-        index = corpus_index(dataset)
-        for name in ("bm25", "dense"):
-            stages[name] = Retrieve(index, [name], k=k, name=name)
-        stages["hybrid"] = Pipeline([Retrieve(index, ["bm25", "dense"], k=k), Fuse("rrf")])
+        dense = bool(needed & {"dense", "hybrid"})  # a BM25-only index skips embedding the corpus
+        say(f"opening (or building, once) the {'BM25 + dense' if dense else 'BM25'} index of {dataset.name}'s "
+            "corpus ...")
+        index = corpus_index(dataset, IndexConfig(dense=dense))
+        stages["bm25"] = Retrieve(index, ["bm25"], k=k, name="bm25")
+        if dense:
+            stages["dense"] = Retrieve(index, ["dense"], k=k, name="dense")
+            stages["hybrid"] = Pipeline([Retrieve(index, ["bm25", "dense"], k=k), Fuse("rrf")])
     return stages
 
 
