@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -198,6 +199,29 @@ def test_failing_batch_fails_only_its_own_request(scorer):
         assert max(failing.calls) > 1  # the failure really happened inside a merged batch
         assert c.post("/v1/rerank", json={"query": "Paris", "documents": DOCS}).status_code == 200
         assert "crossrank_batch_failures_total 1.0" in c.get("/metrics").text
+
+
+def test_full_queue_answers_503_with_retry_after(scorer):
+    release = threading.Event()
+
+    def blocked(queries, texts, caps):
+        release.wait(30)
+        return scorer(queries, texts, caps)
+
+    with TestClient(create_app(ServerConfig(max_queue_pairs=8, max_wait_ms=0), blocked)) as c:
+        payload = {"query": "q", "documents": DOCS}
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(c.post, "/v1/rerank", json=payload)
+            queued = pool.submit(c.post, "/v1/rerank", json=payload)
+            deadline = time.time() + 10
+            while "crossrank_queue_pairs 5.0" not in c.get("/metrics").text:
+                assert time.time() < deadline
+                time.sleep(0.02)
+            refused = c.post("/v1/rerank", json=payload)
+            release.set()
+            assert running.result().status_code == queued.result().status_code == 200
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert "queue full" in refused.json()["message"]
 
 
 def test_batcher_merges_concurrent_requests_and_splits_results(scorer, encoder):
