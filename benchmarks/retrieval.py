@@ -141,7 +141,7 @@ def bench_dataset(name: str, args) -> dict:
         if dense:
             index.encoder.encode(["warm up"])  # model load is not ingest
         start = time.perf_counter()
-        index.ingest([corpus_file], mapping=FieldMapping(), commit_every=2000)
+        index.ingest([corpus_file], mapping=FieldMapping(), commit_every=2000, show_progress=True)
         return index, time.perf_counter() - start
 
     bm25_only, bm25_s = build(work / f"{name}-bm25", dense=False)

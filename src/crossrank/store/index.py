@@ -41,6 +41,7 @@ from crossrank.types import Candidate, Document, Query
 FORMAT = 1
 DATABASE = "passages.sqlite"
 RETRIEVERS = ("bm25", "dense")
+ROW_CACHE_SIZE = 200_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS passages (
@@ -146,6 +147,7 @@ class Index:
         self.generation = 0  # what this handle has loaded
         self._pending: dict[str, Document] = {}
         self._pending_deletes: set[str] = set()
+        self._row_cache: dict[int, tuple[Any, ...]] = {}
         if writable:
             self._sync_bm25()
         self._load_dense()
@@ -300,7 +302,7 @@ class Index:
                         del self._pending[doc_id]
                 self._pending_deletes -= deletes
                 self._sync_bm25()
-                self._refresh_dense()
+                self._catch_up()
             return generation
 
     def _write(self, rows: list[tuple[Any, ...]], vectors: list[bytes | None], replaced: set[str],
@@ -394,7 +396,8 @@ class Index:
 
         return int(Checkpoint.open(self.config.dense_model or bi_encoder_path()).config["hidden_size"])
 
-    def _refresh_dense(self) -> None:
+    def _catch_up(self) -> None:
+        """Bring the dense index and the row cache to the committed generation, from the rows changed since."""
         target = self._committed_generation()
         if self.dense is not None and target != self.generation:
             added, removed, vectors = [], [], []
@@ -407,6 +410,8 @@ class Index:
             self.dense.remove(np.array(removed + added, dtype=np.int64))
             if added:
                 self.dense.add(np.array(added), np.stack(vectors))
+        if target != self.generation:
+            self._row_cache = {}
         self.generation = target
 
     def refresh(self) -> None:
@@ -414,7 +419,7 @@ class Index:
         with self._lock:
             if self._committed_generation() != self.generation:
                 self.bm25.reload()
-                self._refresh_dense()
+                self._catch_up()
 
     # ---- reading --------------------------------------------------------------------------------------------
 
@@ -471,18 +476,29 @@ class Index:
         return out
 
     def _candidates(self, hits: list[tuple[int, float]], name: str) -> list[Candidate]:
-        if not hits:
-            return []
-        rows = {row: rest for row, *rest in self.db.execute(
-            f"SELECT row, pid, doc_id, title, text, metadata FROM passages "
-            f"WHERE deleted IS NULL AND row IN ({', '.join('?' * len(hits))})", [r for r, _ in hits])}
+        rows = self._rows([row for row, _ in hits])
         out = []
         for row, score in hits:
             if row in rows:  # a reader whose BM25 view is older than the database skips rows deleted since
                 pid, doc_id, title, text, metadata = rows[row]
-                out.append(Candidate(pid, doc_id, text, title, json.loads(metadata), score,
-                                     {name: score}, {name: len(out) + 1}))
+                out.append(Candidate(pid, doc_id, text, title, metadata, score, {name: score}, {name: len(out) + 1}))
         return out
+
+    def _rows(self, rows: list[int]) -> dict[int, tuple[Any, ...]]:
+        """Live passages by row, through a cache that every new generation empties (rows never change within one)."""
+        cache = self._row_cache
+        missing = [row for row in rows if row not in cache]
+        if missing:
+            if len(cache) + len(missing) > ROW_CACHE_SIZE:
+                cache.clear()
+            parsed: dict[str, Mapping[str, Any]] = {}
+            for row, pid, doc_id, title, text, metadata in self.db.execute(
+                    "SELECT row, pid, doc_id, title, text, metadata FROM passages "
+                    "WHERE row IN (SELECT value FROM json_each(?)) AND deleted IS NULL", (json.dumps(missing),)):
+                if metadata not in parsed:
+                    parsed[metadata] = json.loads(metadata)
+                cache[row] = (pid, doc_id, title, text, parsed[metadata])
+        return {row: cache[row] for row in rows if row in cache}
 
     def passages(self, doc_id: str) -> list[Candidate]:
         """A document's live passages in order (empty if the id is unknown)."""
