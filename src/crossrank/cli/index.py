@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +72,9 @@ def index_command(
         config = IndexConfig(passage_tokens=passage_tokens, overlap=overlap, stemming=stemming,
                              title_boost=title_boost, dense=dense)
         with Index.open_or_create(directory, config) as index:
+            if index.config != config:
+                stored = {k: v for k, v in asdict(index.config).items() if asdict(config)[k] != v}
+                typer.echo(f"note: {directory} exists; its stored settings win: {stored}", err=True)
             report = index.ingest(sources, mapping=mapping, commit_every=commit_every, show_progress=True,
                                   max_file_bytes=int(max_file_mb * 2**20))
             info = index.info()
