@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -95,9 +95,7 @@ def model_name(app: FastAPI) -> str:
     return str(getattr(scorer, "name", None) or app.state.config.model or "crossrank")
 
 
-def ops_router():  # noqa: ANN201
-    from fastapi import APIRouter
-
+def ops_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/health")
@@ -121,9 +119,7 @@ def ops_router():  # noqa: ANN201
     return router
 
 
-def rerank_router():  # noqa: ANN201
-    from fastapi import APIRouter
-
+def rerank_router() -> APIRouter:
     router = APIRouter(tags=["rerank"], dependencies=[Depends(require_api_key)], responses=ERRORS)
 
     @router.post("/v1/rerank", response_model_exclude_none=True)
