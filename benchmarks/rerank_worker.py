@@ -1,0 +1,146 @@
+"""One benchmark contender in its own process, driven by `rerank_throughput.py` over stdin/stdout JSON lines.
+
+Own process so that peak RSS is the contender's own and so that peers run from their own venv
+(`benchmarks/.venv-peers`). Protocol: the worker loads, warms up on query 0 and answers
+{"ready": load_seconds}; each {"query": i} is answered with {"seconds": elapsed, "scores": [...]} (scores in
+candidate order; larger = more relevant); {"quit": true} is answered with {"peak_rss_mb": ...}.
+The "gemm-*" contenders time one fixed ONNX Runtime matrix product per request: the machine's peak,
+sampled under the same load as the models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Scorer = Callable[[str, list[str]], np.ndarray]
+
+# One GEMM the size of MiniLM's FFN over a batch of 4096 tokens: big enough to reach the kernels' peak.
+GEMM_M, GEMM_K, GEMM_N = 4096, 384, 1536
+
+
+def crossrank_scorer(spec: dict) -> Scorer:
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
+                                         threads=spec.get("threads"))
+
+    def score(query: str, documents: list[str]) -> np.ndarray:
+        scores = np.empty(len(documents), dtype=np.float32)
+        for result in model.rank(query, documents, return_documents=False):
+            scores[result.index] = result.score
+        return scores
+
+    return score
+
+
+def sentence_transformers_scorer(spec: dict) -> Scorer:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    model = CrossEncoder(spec["model"], device="cpu", local_files_only=True)
+
+    def score(query: str, documents: list[str]) -> np.ndarray:
+        return np.asarray(model.predict([(query, document) for document in documents], batch_size=32))
+
+    return score
+
+
+def flashrank_scorer(spec: dict) -> Scorer:
+    import flashrank.Config
+    from flashrank import Ranker, RerankRequest
+
+    # FlashRank only opens models it knows by name; register ours (the dict Ranker reads is this one).
+    flashrank.Config.model_file_map[spec["name"]] = spec["file"]
+    ranker = Ranker(model_name=spec["name"], cache_dir=spec["cache_dir"], log_level="WARNING")
+
+    def score(query: str, documents: list[str]) -> np.ndarray:
+        passages = [{"id": i, "text": document} for i, document in enumerate(documents)]
+        scores = np.empty(len(documents), dtype=np.float32)
+        for passage in ranker.rerank(RerankRequest(query=query, passages=passages)):
+            scores[passage["id"]] = passage["score"]
+        return scores
+
+    return score
+
+
+def gemm_scorer(spec: dict) -> Scorer:
+    """A single-node ONNX Runtime graph: fp32 MatMul, or u8×s8 MatMulInteger as the int8 kernels run it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    int8 = spec["dtype"] == "int8"
+    if int8:
+        weight = numpy_helper.from_array(rng.integers(-127, 127, (GEMM_K, GEMM_N), dtype=np.int8), "B")
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+        feed = {"A": rng.integers(0, 255, (GEMM_M, GEMM_K), dtype=np.uint8)}
+    else:
+        weight = numpy_helper.from_array(rng.standard_normal((GEMM_K, GEMM_N), dtype=np.float32), "B")
+        node = helper.make_node("MatMul", ["A", "B"], ["Y"])
+        a_type = y_type = TensorProto.FLOAT
+        feed = {"A": rng.standard_normal((GEMM_M, GEMM_K), dtype=np.float32)}
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [GEMM_M, GEMM_K])],
+                              [helper.make_tensor_value_info("Y", y_type, [GEMM_M, GEMM_N])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    if spec.get("threads"):
+        options.intra_op_num_threads = spec["threads"]
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(model)
+
+    def score(_query: str, _documents: list[str]) -> np.ndarray:
+        session.run(None, feed)
+        return np.zeros(0, dtype=np.float32)
+
+    return score
+
+
+def main() -> None:
+    reply = protocol_channel()
+    spec = json.loads(sys.argv[1])
+    queries = json.loads(Path(spec["pairs_file"]).read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    scorer = {"crossrank": crossrank_scorer, "sentence-transformers": sentence_transformers_scorer,
+              "flashrank": flashrank_scorer, "gemm": gemm_scorer}[spec["kind"]](spec)
+    for _ in range(2):  # warm-up: first-run allocations and lazy initialisation are not throughput
+        scorer(queries[0]["query"], queries[0]["documents"])
+    reply({"ready": time.perf_counter() - started})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        query = queries[request["query"]]
+        start = time.perf_counter()
+        scores = scorer(query["query"], query["documents"])
+        elapsed = time.perf_counter() - start
+        reply({"seconds": elapsed, "scores": scores.astype(float).tolist() if request.get("scores") else None})
+    reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def protocol_channel() -> Callable[[dict], None]:
+    """Keep the real stdout for protocol messages; whatever a library prints goes to stderr instead."""
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(message: dict) -> None:
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
+
+    return reply
+
+
+if __name__ == "__main__":
+    main()
