@@ -259,3 +259,22 @@ def test_full_retrieval_builds_the_corpus_index_once_and_ranks_through_it(beir_d
     bm25_only = run_evaluation(dataset, config, pipelines="bm25", say=lambda _: None, progress=False)
     assert (index_path(dataset, IndexConfig(dense=False)) / COMPLETE).is_file()  # no corpus embedding needed
     assert bm25_only.system("bm25").run == result.system("bm25").run
+
+
+def test_depth_curve_by_hand_with_passages_collapsed_to_documents() -> None:
+    from crossrank.evaluate.depth import depth_curve
+
+    qrels = {"q": {"a": 1, "b": 1}}
+    # First stage: passages a#0 (rank 1), x#0, y#0, b#0 (rank 4), a#1; the reranker loves b and a's 2nd passage.
+    first = {"q": {"a#0": 5.0, "x#0": 4.0, "y#0": 3.0, "b#0": 2.0, "a#1": 1.0}}
+    scores = {"q": {"a#0": 0.1, "x#0": 0.5, "y#0": 0.4, "b#0": 0.9, "a#1": 0.95}}
+
+    def collapse(run: dict) -> dict:
+        out: dict = {}
+        for qid, docs in run.items():
+            for pid, score in docs.items():
+                out.setdefault(qid, {})[pid.split("#")[0]] = max(score, out.get(qid, {}).get(pid.split("#")[0], -1e9))
+        return out
+
+    points = depth_curve(qrels, first, scores, depths=(1, 3, 5), measure="P@1", collapse=collapse)
+    assert [(p.depth, p.quality, p.recall_ceiling) for p in points] == [(1, 1.0, 0.5), (3, 0.0, 0.5), (5, 1.0, 1.0)]

@@ -52,12 +52,20 @@ def usable_depths(first_stage: Run, depths: Sequence[int]) -> list[int]:
 
 def depth_curve(qrels: Qrels, first_stage: Run, rerank_scores: Run, depths: Sequence[int] = DEFAULT_DEPTHS,
                 measure: str = "nDCG@10", rel: int | None = None,
-                time_depth: Callable[[int], float] | None = None) -> list[DepthPoint]:
-    """One point per usable depth; `time_depth(k)` returns measured milliseconds per query at depth k."""
+                time_depth: Callable[[int], float] | None = None,
+                collapse: Callable[[Run], Run] | None = None) -> list[DepthPoint]:
+    """One point per usable depth; `time_depth(k)` returns measured milliseconds per query at depth k.
+
+    Depth counts the first stage's candidates (passages, for a passage index); `collapse` maps a candidate run
+    to the judged units (documents) before it is evaluated.
+    """
+    collapse = collapse or (lambda run: run)
     points = []
     for depth in usable_depths(first_stage, depths):
-        quality = evaluate_run(qrels, rerank_at_depth(first_stage, rerank_scores, depth), (measure,), rel)[measure]
-        ceiling = evaluate_run(qrels, first_stage, (f"R@{depth}",), rel)[f"R@{depth}"]
+        reranked = collapse(rerank_at_depth(first_stage, rerank_scores, depth))
+        quality = evaluate_run(qrels, reranked, (measure,), rel)[measure]
+        head = collapse({qid: {doc: candidates[doc] for doc in ranked(candidates)[:depth]}
+                         for qid, candidates in first_stage.items()})
+        ceiling = evaluate_run(qrels, head, (f"R@{depth}",), rel)[f"R@{depth}"]
         points.append(DepthPoint(depth, quality, ceiling, time_depth(depth) if time_depth else None))
     return points
-

@@ -213,6 +213,11 @@ class Experiment:
                 bar.update(sum(map(len, lists[start:start + step])))
         return scores
 
+    def latency(self, spec: SystemSpec, depth: int) -> float:
+        """ms/query of a reranking pipeline at `depth`: first stage (batch pass) + single-query rerank."""
+        assert spec.reranker is not None
+        return self.first_stage(spec.first).ms_per_query + self.time_rerank(spec.reranker, spec.first, depth)
+
     def time_rerank(self, reranker: str, first_name: str, depth: int) -> float:
         """Median milliseconds of a single-query rerank at `depth` over the timing queries (measured once)."""
         key = (reranker, first_name, depth)
@@ -255,18 +260,16 @@ class Experiment:
             if spec.reranker is None:
                 systems.append(self._system(spec, first_doc_run, first.ms_per_query, rel))
                 continue
-            depths = usable_depths(first.run, config.depths) if spec == curve_spec else []
+            depths = usable_depths(first.run, config.depths) if spec == curve_spec and config.curve else []
             score_depth = max([config.depth, *depths])
             scores = self.score(spec.reranker, first, score_depth)
             run = _doc_run(rerank_at_depth(first.run, scores, config.depth), first.candidates)
-            ms = first.ms_per_query + self.time_rerank(spec.reranker, spec.first, config.depth)
-            system = self._system(spec, run, ms, rel)
+            system = self._system(spec, run, self.latency(spec, config.depth), rel)
             systems.append(system)
-            if spec == curve_spec and config.curve:
-                curve = depth_curve(
-                    qrels, _doc_run(first.run, first.candidates), _doc_run(scores, first.candidates), depths,
-                    config.primary, rel,
-                    lambda k, s=spec: self.first_stage(s.first).ms_per_query + self.time_rerank(s.reranker, s.first, k))
+            if depths:
+                curve = depth_curve(qrels, first.run, scores, depths, config.primary, rel,
+                                    lambda k, s=spec: self.latency(s, k),
+                                    lambda r, f=first: _doc_run(r, f.candidates))
             failures.append(analyse(
                 qrels, self.dataset.all_queries, self.dataset.corpus, first_doc_run, run, first_values[spec.first],
                 system.per_query[config.primary], system=spec.name, baseline=spec.first, measure=config.primary,
