@@ -202,9 +202,10 @@ def test_failing_batch_fails_only_its_own_request(scorer):
 
 
 def test_full_queue_answers_503_with_retry_after(scorer):
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def blocked(queries, texts, caps):
+        entered.set()
         release.wait(30)
         return scorer(queries, texts, caps)
 
@@ -212,6 +213,7 @@ def test_full_queue_answers_503_with_retry_after(scorer):
         payload = {"query": "q", "documents": DOCS}
         with ThreadPoolExecutor(2) as pool:
             running = pool.submit(c.post, "/v1/rerank", json=payload)
+            assert entered.wait(10)  # the worker is busy with the first request
             queued = pool.submit(c.post, "/v1/rerank", json=payload)
             deadline = time.time() + 10
             while "crossrank_queue_pairs 5.0" not in c.get("/metrics").text:
