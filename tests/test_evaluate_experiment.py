@@ -176,6 +176,10 @@ def test_spec_parsing_errors() -> None:
 def test_experiment_config_and_baseline_errors(beir_dir: Path) -> None:
     with pytest.raises(ValueError, match="depth"):
         ExperimentConfig(depth=0)
+    with pytest.raises(ValueError, match="permutations"):
+        ExperimentConfig(permutations=0)
+    with pytest.raises(ValueError, match="unknown measure"):
+        ExperimentConfig(measures=("nDCG@10", "MRR@ten"))
     dataset = BeirDataset(beir_dir, "test")
     experiment = Experiment(dataset, {"run": FromRun(dataset.run("first"), dataset.corpus)}, {}, progress=False)
     with pytest.raises(ValueError, match="baseline"):

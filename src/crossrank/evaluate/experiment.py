@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from crossrank.evaluate.datasets import BeirDataset, Run, ranked, write_run
 from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, rerank_at_depth, usable_depths
 from crossrank.evaluate.failures import FailureReport, analyse
-from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, per_query, relevance_threshold
+from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
 from crossrank.evaluate.systems import SystemSpec
 from crossrank.model.cross_encoder import PairScores
@@ -59,8 +59,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.measures:
             raise ValueError("at least one measure is needed")
+        parse_measures(self.measures, 1)  # unknown names fail here, before any first stage runs
         for name, value in (("depth", self.depth), ("timing_queries", self.timing_queries),
-                            ("query_batch", self.query_batch)):
+                            ("query_batch", self.query_batch), ("permutations", self.permutations)):
             if value < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {value}")
         if any(d < 1 for d in self.depths):
