@@ -142,8 +142,14 @@ class Contender:
 def contenders(model: Path, which: list[str]) -> list[Contender]:
     python = sys.executable
     all_ = {
+        # A generous timeout: under this benchmark's overload crossrank's default 60 s would shed requests
+        # (503 + Retry-After) where the peers, which have no timeout, just keep them waiting.
         "crossrank": Contender("crossrank", [python, "-c", "from crossrank.cli import main; main()", "serve",
-                                             "--model", str(model), "--log-level", "warning"], "/v1/rerank", {}),
+                                             "--model", str(model), "--log-level", "warning", "--timeout", "900"],
+                               "/v1/rerank", {}),
+        "crossrank-int8": Contender("crossrank-int8", [python, "-c", "from crossrank.cli import main; main()",
+                                                       "serve", "--model", str(model), "--log-level", "warning",
+                                                       "--timeout", "900", "--int8"], "/v1/rerank", {}),
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
                                            str(model), "--engine", "torch", "--device", "cpu", "--host",
                                            "127.0.0.1"], "/rerank",
@@ -221,15 +227,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--docs", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0, help="time box per run (in-flight requests finish)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time box per run (in-flight requests finish)")
     parser.add_argument("--max-inflight-pairs", type=int, default=1000,
                         help="skip cells with clients x docs above this (2 shared cores cannot drain more in time)")
-    parser.add_argument("--contenders", nargs="+", default=["crossrank", "infinity", "st-fastapi"])
+    parser.add_argument("--contenders", nargs="+", default=["crossrank", "crossrank-int8", "infinity", "st-fastapi"])
+    parser.add_argument("--summarize", action="store_true", help="reprint the table from the last results JSON")
     parser.add_argument("--serve-plain", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_plain:
         serve_plain(args.serve_plain, args.port)
+        return
+    if args.summarize:
+        runs = json.loads((RESULTS / "server_load.json").read_text())["runs"]
+        names = list(dict.fromkeys(r["contender"] for r in runs))
+        print_table(summarize(runs, names, sorted({r["docs"] for r in runs}), sorted({r["clients"] for r in runs})))
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so `finally` stops the servers
     WORK.mkdir(exist_ok=True)
@@ -239,6 +251,7 @@ def main() -> None:
     pools = {docs: request_pool(docs, 200, seed=docs) for docs in args.docs}
     servers = contenders(model, args.contenders)
     runs: list[dict] = []
+    table: list[dict] = []
     try:
         for server in servers:
             server.start()
@@ -256,14 +269,21 @@ def main() -> None:
                         result.update(contender=server.name, docs=docs, clients=clients, repeat=repeat)
                         runs.append(result)
                         print(json.dumps(result), flush=True)
+                        table = write_results(runs, servers, args, model, setup_seconds)
     finally:
         for server in servers:
             server.stop()
+    print_table(table)
+
+
+def write_results(runs: list[dict], servers: list[Contender], args: argparse.Namespace, model: Path,
+                  setup_seconds: float) -> list[dict]:
+    """Rewritten after every run, so an interrupted benchmark still leaves its completed cells."""
     table = summarize(runs, [s.name for s in servers], args.docs, args.clients)
     meta = {"command": " ".join(sys.argv), "model": str(model), "infinity_setup_s": round(setup_seconds, 1),
             "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "repeats": args.repeats, "seconds": args.seconds}
     (RESULTS / "server_load.json").write_text(json.dumps({"meta": meta, "summary": table, "runs": runs}, indent=2))
-    print_table(table)
+    return table
 
 
 def summarize(runs: list[dict], names: list[str], docs_list: list[int], clients_list: list[int]) -> list[dict]:
@@ -279,22 +299,26 @@ def summarize(runs: list[dict], names: list[str], docs_list: list[int], clients_
                 for key in ("rps", "pairs_per_s", "p50_ms", "p99_ms"):
                     row[f"{name}.{key}"] = statistics.median(r[key] for r in cell)
                 row[f"{name}.errors"] = sum(r["errors"] for r in cell)
-            if "crossrank" in names and "infinity" in names:
-                row["throughput_x_infinity"] = row["crossrank.pairs_per_s"] / row["infinity.pairs_per_s"]
-                row["p99_x_infinity"] = row["crossrank.p99_ms"] / row["infinity.p99_ms"]
+            for name in names:
+                if name.startswith("crossrank") and "infinity" in names:
+                    row[f"{name}.throughput_x_infinity"] = row[f"{name}.pairs_per_s"] / row["infinity.pairs_per_s"]
+                    row[f"{name}.p99_x_infinity"] = row[f"{name}.p99_ms"] / row["infinity.p99_ms"]
             table.append(row)
     return table
 
 
 def print_table(table: list[dict]) -> None:
-    names = sorted({key.split(".")[0] for row in table for key in row if "." in key})
-    print(f"\n{'docs':>4} {'cl':>3} " + " ".join(f"{n + ' pairs/s':>22} {'p50 ms':>8} {'p99 ms':>8}" for n in names)
-          + f" {'x inf thr':>9} {'x inf p99':>9}")
+    """One line per (docs, clients, contender): medians, and crossrank's ratios to infinity."""
+    print(f"\n{'docs':>4} {'clients':>7} {'contender':<15} {'req/s':>7} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'thr x inf':>9} {'p99 x inf':>9}")
     for row in table:
-        cells = " ".join(f"{row[n + '.pairs_per_s']:>22.1f} {row[n + '.p50_ms']:>8.0f} {row[n + '.p99_ms']:>8.0f}"
-                         for n in names)
-        print(f"{row['docs']:>4} {row['clients']:>3} {cells} {row.get('throughput_x_infinity', float('nan')):>9.2f}"
-              f" {row.get('p99_x_infinity', float('nan')):>9.2f}")
+        names = [key[: -len(".rps")] for key in row if key.endswith(".rps")]
+        for name in names:
+            ratio = (f"{row[name + '.throughput_x_infinity']:>9.2f} {row[name + '.p99_x_infinity']:>9.2f}"
+                     if name + ".throughput_x_infinity" in row else "")
+            print(f"{row['docs']:>4} {row['clients']:>7} {name:<15} {row[name + '.rps']:>7.2f} "
+                  f"{row[name + '.pairs_per_s']:>8.1f} {row[name + '.p50_ms']:>8.0f} {row[name + '.p99_ms']:>8.0f} "
+                  f"{ratio}")
 
 
 if __name__ == "__main__":
