@@ -17,7 +17,7 @@ from crossrank.ltr.features import (
 )
 from crossrank.ltr.lambdamart import LambdaMART, split_queries, train_lambdamart
 from crossrank.ltr.propensity import (
-    PositionBias, click_labels, estimate_position_bias, grade_labels, ips_weights,
+    PositionBias, click_labels, estimate_position_bias, grade_labels, harvest_position_bias, ips_weights,
 )
 from crossrank.ltr.simulator import CascadeModel, ClickSimulator, PositionBasedModel, graded_click_probs
 from crossrank.types import Candidate
@@ -180,8 +180,12 @@ def test_position_bias_em_recovers_simulated_propensities():
     model = PositionBasedModel(graded_click_probs(1, 0.1), eta=1.0)
     log = list(ClickSimulator(model, qrels, depth=6, swap_prob=0.5, seed=5).simulate(rankings, 600))
     bias = estimate_position_bias(log)
-    assert np.allclose(bias.theta, model.examination(6), atol=0.04), bias.theta
+    assert np.allclose(bias.theta, model.examination(6), atol=0.02), bias.theta
     assert bias.theta[0] == 1.0
+    assert np.allclose(harvest_position_bias(log).theta, model.examination(6), atol=0.03)
+    unrandomised = list(ClickSimulator(model, qrels, depth=6, seed=5).simulate(rankings, 5))
+    with pytest.raises(ValueError, match="not identifiable"):
+        harvest_position_bias(unrandomised)
 
 
 def test_position_bias_round_trips(tmp_path):
@@ -336,5 +340,5 @@ def test_ips_click_labels_are_unbiased_where_naive_ones_are_not():
     ips = click_labels(log, estimate_position_bias(log), dwell_threshold=None)
     for grade, expected in enumerate(model.click_probs):
         pairs = [(q, d) for q in naive for d in naive[q] if qrels[q][d] == grade and int(d[1:]) < 8]
-        assert np.mean([ips[q][d] for q, d in pairs]) == pytest.approx(expected, abs=0.05)
+        assert np.mean([ips[q][d] for q, d in pairs]) == pytest.approx(expected, abs=0.03)
         assert np.mean([naive[q][d] for q, d in pairs]) < 0.6 * expected

@@ -61,17 +61,41 @@ def _observations(impressions: Iterable[Impression], dwell_threshold: float | No
     return np.array(pairs), np.array(positions), np.array(clicked, dtype=float), list(pair_ids)
 
 
-def estimate_position_bias(impressions: Iterable[Impression], max_iterations: int = 1000, tol: float = 1e-6,
+def harvest_position_bias(impressions: Iterable[Impression], dwell_threshold: float | None = None) -> PositionBias:
+    """Intervention harvesting from adjacent swaps: a (query, document) shown at both k and k+1 gives
+    E[clicks_{k+1}]·n_k / E[clicks_k]·n_{k+1} = θ_{k+1}/θ_k whatever its relevance, so summing over such
+    documents and chaining the ratios estimates θ in closed form (Joachims et al., 2017; Agarwal et al., 2019)."""
+    pair, pos, c, _ = _observations(impressions, dwell_threshold)
+    n_pos, n_pair = int(pos.max()) + 1, int(pair.max()) + 1
+    cell = pair * n_pos + pos
+    shown = np.bincount(cell, minlength=n_pair * n_pos).reshape(n_pair, n_pos)
+    clicks = np.bincount(cell, c, minlength=n_pair * n_pos).reshape(n_pair, n_pos)
+    theta = [1.0]
+    for k in range(n_pos - 1):
+        num = float((clicks[:, k + 1] * shown[:, k]).sum())
+        den = float((clicks[:, k] * shown[:, k + 1]).sum())
+        if num <= 0 or den <= 0:
+            raise ValueError(f"no clicked document was shown at both positions {k + 1} and {k + 2}: position bias "
+                             "is not identifiable from this log (log with randomisation, e.g. swaps)")
+        theta.append(min(theta[-1] * num / den, 1.0))
+    return PositionBias(theta=tuple(theta))
+
+
+def estimate_position_bias(impressions: Iterable[Impression], max_iterations: int = 200, tol: float = 1e-6,
                            dwell_threshold: float | None = None) -> PositionBias:
-    """EM for the position-based click model: alternately infer, for each unclicked result, whether it went
-    unseen or was seen and judged irrelevant, then re-estimate θ per position and γ per (query, document).
-    θ is only identifiable when documents appear at several positions — log with randomisation (swaps)."""
+    """EM for the position-based click model, started from the harvested estimate: alternately infer, for each
+    unclicked result, whether it went unseen or was seen and judged irrelevant, then re-estimate θ per position
+    and γ per (query, document). EM alone crawls along the θ/γ ridge for deep positions (thousands of
+    iterations), so the closed-form start matters. θ is only identifiable when documents appear at several
+    positions — log with randomisation (swaps)."""
+    impressions = list(impressions)
     pair, pos, c, _ = _observations(impressions, dwell_threshold)
     n_pos, n_pair = int(pos.max()) + 1, int(pair.max()) + 1
     shown_at = np.bincount(pos, minlength=n_pos)
     shown_pair = np.bincount(pair, minlength=n_pair)
-    theta = np.full(n_pos, 0.5)
-    gamma = np.full(n_pair, 0.5)
+    theta = np.array(harvest_position_bias(impressions, dwell_threshold).theta)
+    gamma = np.clip(np.bincount(pair, c / theta[pos], minlength=n_pair) / np.maximum(shown_pair, 1), 1e-6, 1.0)
+    iteration = 0
     for iteration in range(1, max_iterations + 1):
         t, g = theta[pos], gamma[pair]
         miss = np.maximum(1.0 - t * g, 1e-12)
@@ -79,11 +103,13 @@ def estimate_position_bias(impressions: Iterable[Impression], max_iterations: in
         relevant = c + (1 - c) * (1 - t) * g / miss  # P(relevant | click outcome)
         new_theta = np.bincount(pos, seen, minlength=n_pos) / np.maximum(shown_at, 1)
         new_gamma = np.bincount(pair, relevant, minlength=n_pair) / np.maximum(shown_pair, 1)
+        # θ and γ are identified only up to a common scale (θ·c, γ/c): pin θ_1 = 1.
+        new_gamma, new_theta = new_gamma * new_theta[0], new_theta / new_theta[0]
         delta = max(np.abs(new_theta - theta).max(), np.abs(new_gamma - gamma).max())
         theta, gamma = np.clip(new_theta, 1e-6, 1.0), np.clip(new_gamma, 1e-6, 1.0)
         if delta < tol:
             break
-    return PositionBias(theta=tuple(float(x) for x in theta / theta[0]), iterations=iteration)
+    return PositionBias(theta=tuple(float(x) for x in theta), iterations=iteration)
 
 
 def click_labels(impressions: Iterable[Impression], bias: PositionBias | None = None,
