@@ -252,6 +252,11 @@ def test_feature_table_logs_and_reloads(tmp_path):
     clicks = table.with_labels({"q2": {"d1": 4}}, only_labelled=True)
     assert clicks.qids == ["q2"] and clicks.labels.tolist() == [4.0]
     assert table.select(["score:dense"]).features.shape == (3, 1)
+    ranked = FeatureTable.from_candidates(
+        FeatureSet("r", 1, (StageRank("dense"),)), [("q1", "x", _candidates())])
+    assert ranked.head(1, "dense").doc_ids == ["d2"]
+    with pytest.raises(ValueError, match="not in"):
+        ranked.head(1, "bm25")
     with pytest.raises(ValueError, match="not in"):
         table.select(["score:nope"])
     with pytest.raises(ValueError, match="no rows"):

@@ -22,6 +22,8 @@ QrelsOption = Annotated[str | None, typer.Option(
     "--qrels", help="DATASET[:split] whose full judgments score --test (default: the test log's own labels).")]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Directory to save the model in.")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the results table as JSON here.")]
+TopOption = Annotated[int | None, typer.Option("--top-k", help="Train and test on each query's top k by --by only.")]
+ByOption = Annotated[str, typer.Option("--by", help="Signal whose rank --top-k uses (the first stage).")]
 
 
 def _fail(message: str) -> None:
@@ -29,13 +31,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load(path: Path):
+def _load(path: Path, top_k: int | None = None, by: str = "bm25"):
     from crossrank.ltr.featurelog import FeatureTable
 
     if not path.is_file():
         _fail(f"no such feature log: {path}")
     try:
-        return FeatureTable.load(path)
+        table = FeatureTable.load(path)
+        return table if top_k is None else table.head(top_k, by)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -106,13 +109,15 @@ def train(
     valid_fraction: Annotated[float, typer.Option(help="Share of training queries held out for early stopping.")]
     = 0.2,
     rounds: Annotated[int, typer.Option(help="Maximum boosting rounds.")] = 500,
+    top_k: TopOption = None,
+    by: ByOption = "bm25",
     seed: int = 0,
     json_out: JsonOption = None,
 ) -> None:
     """Train LambdaMART on judged features; with --test, compare it with every logged signal on nDCG@10."""
     from crossrank.ltr.experiment import train_on_judgments
 
-    table = _load(features_path)
+    table = _load(features_path, top_k, by)
     if exclude:
         unknown = sorted(set(exclude) - set(table.feature_set.names))
         if unknown:
@@ -127,7 +132,7 @@ def train(
         model.save(out)
         typer.echo(f"saved -> {out}")
     if test is not None:
-        test_table = _load(test)
+        test_table = _load(test, top_k, by)
         if exclude:
             test_table = test_table.select(table.feature_set.names, table.feature_set.name)
         _evaluate(model, test_table, qrels, "ltr", json_out)
@@ -200,6 +205,8 @@ def clicks_train(
     out: OutOption = None,
     test: TestOption = None,
     qrels: QrelsOption = None,
+    top_k: TopOption = None,
+    by: ByOption = "bm25",
     seed: int = 0,
     json_out: JsonOption = None,
 ) -> None:
@@ -207,7 +214,7 @@ def clicks_train(
     from crossrank.ltr.clicks import read_click_log
     from crossrank.ltr.experiment import train_on_clicks
 
-    table = _load(features_path)
+    table = _load(features_path, top_k, by)
     if not log_path.is_file():
         _fail(f"no such click log: {log_path}")
     try:
@@ -223,5 +230,5 @@ def clicks_train(
         typer.echo(f"saved -> {out}")
     if test is not None:
         label = "ltr-clicks-ips" if debias else "ltr-clicks-naive"
-        _evaluate(model, _load(test), qrels, label, json_out,
+        _evaluate(model, _load(test, top_k, by), qrels, label, json_out,
                   {"propensities": None if bias is None else list(bias.theta)})

@@ -83,7 +83,19 @@ class FeatureTable:
                             self.features[idx], np.array(new))
 
     def subset(self, qids: set[str]) -> FeatureTable:
-        idx = np.array([i for i, q in enumerate(self.qids) if q in qids], dtype=int)
+        return self._rows(np.array([i for i, q in enumerate(self.qids) if q in qids], dtype=int))
+
+    def head(self, k: int, signal: str) -> FeatureTable:
+        """Each query's top k by a logged signal's rank (e.g. rerank only the k results users were shown)."""
+        name = f"rank:{signal}"
+        if name not in self.feature_set.names:
+            raise ValueError(f"{name} is not in {self.feature_set.key}: {self.feature_set.names}")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        ranks = self.features[:, self.feature_set.names.index(name)]
+        return self._rows(np.flatnonzero(ranks <= k))
+
+    def _rows(self, idx: np.ndarray) -> FeatureTable:
         return FeatureTable(self.feature_set, [self.qids[i] for i in idx], [self.doc_ids[i] for i in idx],
                             self.features[idx], self.labels[idx])
 
