@@ -5,6 +5,7 @@ from crossrank.cli import index  # noqa: F401  (registers commands)
 from crossrank.cli import ltr  # noqa: F401  (registers commands)
 from crossrank.cli import rerank  # noqa: F401  (registers commands)
 from crossrank.cli import serve  # noqa: F401
+from crossrank.cli import train  # noqa: F401
 from crossrank.cli.app import app
 
 

@@ -1,0 +1,243 @@
+"""Training data: ranking lists (one query, its candidates, optional labels, teacher and first-stage scores).
+
+Every source becomes the same `RankingList`, so one trainer and one loss set serve judged runs (TREC DL),
+given candidate lists (WikiQA/TrecQA), BM25-mined hard negatives and self-supervised pseudo-queries. Lists are
+saved as one gzip'd JSON-lines file with a shared text table, so a prepared set travels as a single file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crossrank.evaluate.datasets import BeirDataset, Qrels, ranked
+from crossrank.types import Document
+
+
+@dataclass
+class RankingList:
+    """A query and its candidates. `labels` are graded judgments (0 = unjudged/negative), `teacher` a teacher's
+    logits, `first_stage` the retriever's scores; any of the three may be absent (None)."""
+
+    query: str
+    documents: list[str]
+    labels: np.ndarray | None = None
+    teacher: np.ndarray | None = None
+    first_stage: np.ndarray | None = None
+    source: str = ""
+    query_id: str = ""
+    document_ids: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.query.strip():
+            raise ValueError(f"ranking list {self.query_id!r} from {self.source!r} has an empty query")
+        if not self.documents:
+            raise ValueError(f"ranking list {self.query_id!r} from {self.source!r} has no documents")
+        for name in ("labels", "teacher", "first_stage"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float32)
+                if value.shape != (len(self.documents),):
+                    raise ValueError(f"{name} has shape {value.shape}, expected ({len(self.documents)},)")
+                setattr(self, name, value)
+
+
+def document_text(document: Document) -> str:
+    """The text a cross-encoder reads for a document (title and body, as the engine builds it)."""
+    return document.content
+
+
+def judged_lists(dataset: BeirDataset, run: Mapping[str, Mapping[str, float]] | None = None,
+                 depth: int = 100, include_judged: bool = True) -> list[RankingList]:
+    """One list per judged query: the run's top-`depth` candidates (plus judged documents outside it when
+    `include_judged`), labelled from the qrels (unjudged = 0), with the run's scores as first-stage scores."""
+    corpus, queries, qrels = dataset.corpus, dataset.queries, dataset.qrels
+    lists = []
+    for qid, query in queries.items():
+        candidates = ranked(run.get(qid, {}))[:depth] if run is not None else []
+        if include_judged or run is None:
+            candidates += [doc for doc in qrels.get(qid, {}) if doc not in set(candidates)]
+        candidates = [doc for doc in candidates if doc in corpus]
+        if not candidates:
+            continue
+        scores = np.array([run.get(qid, {}).get(doc, np.nan) for doc in candidates]) if run is not None else None
+        if scores is not None and np.isnan(scores).any():
+            scores = np.where(np.isnan(scores), np.nanmin(scores) - 1.0 if (~np.isnan(scores)).any() else 0.0, scores)
+        lists.append(RankingList(
+            query=query, documents=[document_text(corpus[doc]) for doc in candidates],
+            labels=np.array([max(qrels.get(qid, {}).get(doc, 0), 0) for doc in candidates], dtype=np.float32),
+            first_stage=scores, source=dataset.name, query_id=qid, document_ids=candidates,
+        ))
+    return lists
+
+
+class Bm25Index:
+    """BM25 (bm25s, Lucene variant) over a corpus: mining negatives and scoring candidates for the teacher."""
+
+    def __init__(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
+        import bm25s
+
+        if not texts:
+            raise ValueError("cannot index an empty corpus")
+        self.texts = list(texts)
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+        self._bm25s = bm25s
+        self.retriever = bm25s.BM25(method="lucene")
+        self.retriever.index(bm25s.tokenize(self.texts, stopwords="en", show_progress=False), show_progress=False)
+
+    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices [n, k'] and scores [n, k'] of the top k' = min(k, corpus size) documents per query."""
+        k = min(k, len(self.texts))
+        tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+        indices, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return np.asarray(indices), np.asarray(scores, dtype=np.float32)
+
+    def score(self, query: str, indices: Sequence[int]) -> np.ndarray:
+        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        return np.asarray(self.retriever.get_scores(tokens), dtype=np.float32)[np.asarray(indices, dtype=np.int64)]
+
+
+def mine_negatives(queries: Mapping[str, str], index: Bm25Index, qrels: Qrels, *, rank_range: tuple[int, int] = (0, 100),
+                   per_query: int = 31, min_positive: int = 1,
+                   scorer: Callable[[str, list[str]], np.ndarray] | None = None, margin: float | None = None,
+                   seed: int = 0, source: str = "mined") -> list[RankingList]:
+    """Lists of the judged positives plus up to `per_query` negatives drawn from the retriever's ranks
+    [start, end). A judged document (any grade) is never a negative; with `scorer` and `margin`, negatives scoring
+    within `margin` of the weakest positive are dropped as likely unjudged positives."""
+    start, end = rank_range
+    if not 0 <= start < end:
+        raise ValueError(f"rank_range must satisfy 0 <= start < end, got {rank_range}")
+    rng = random.Random(seed)
+    position = {doc: i for i, doc in enumerate(index.ids)}
+    qids = [qid for qid in queries if sum(rel >= min_positive for rel in qrels.get(qid, {}).values()) > 0]
+    if not qids:
+        return []
+    hits, scores = index.search([queries[qid] for qid in qids], end)
+    lists = []
+    for row, qid in enumerate(qids):
+        judged = qrels[qid]
+        positives = [doc for doc, rel in judged.items() if rel >= min_positive and doc in position]
+        pool = [index.ids[i] for i in hits[row][start:end] if index.ids[i] not in judged]
+        if scorer is not None and margin is not None and pool:
+            teacher = scorer(queries[qid], [index.texts[position[d]] for d in positives + pool])
+            floor = teacher[: len(positives)].min() - margin
+            pool = [doc for doc, score in zip(pool, teacher[len(positives):], strict=True) if score < floor]
+        negatives = rng.sample(pool, min(per_query, len(pool)))
+        if not positives:
+            continue
+        docs = positives + negatives
+        lists.append(RankingList(
+            query=queries[qid], documents=[index.texts[position[d]] for d in docs],
+            labels=np.array([judged.get(d, 0) for d in docs], dtype=np.float32),
+            first_stage=index.score(queries[qid], [position[d] for d in docs]),
+            source=source, query_id=qid, document_ids=docs,
+        ))
+    return lists
+
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def pseudo_query(text: str, rng: random.Random, min_words: int = 3, max_words: int = 8) -> str | None:
+    """A self-supervised query from a passage: a short span of its words (a keyword query), or, a third of the
+    time, one of its sentences (a natural-language query). None when the passage is too short."""
+    sentences = [s for s in _SENTENCE.split(text.strip()) if len(_WORD.findall(s)) >= min_words]
+    if len(sentences) > 1 and rng.random() < 1 / 3:
+        return rng.choice(sentences)
+    words = _WORD.findall(text)
+    if len(words) < min_words + 2:
+        return None
+    length = rng.randint(min_words, min(max_words, len(words) - 2))
+    begin = rng.randrange(0, len(words) - length + 1)
+    return " ".join(words[begin: begin + length]).lower()
+
+
+def retrieved_lists(queries: Sequence[str], index: Bm25Index, depth: int = 32, source: str = "retrieved",
+                    query_ids: Sequence[str] | None = None) -> list[RankingList]:
+    """Unjudged lists for distillation: each query with its BM25 top-`depth` over the index (a teacher scores
+    them; labels stay None)."""
+    if not queries:
+        return []
+    hits, scores = index.search(queries, depth)
+    ids = list(query_ids) if query_ids is not None else [""] * len(queries)
+    return [RankingList(query=q, documents=[index.texts[i] for i in hits[row]], first_stage=scores[row],
+                        source=source, query_id=ids[row], document_ids=[index.ids[i] for i in hits[row]])
+            for row, q in enumerate(queries)]
+
+
+def pseudo_query_lists(texts: Sequence[str], index: Bm25Index, per_document: int, depth: int = 32, seed: int = 0,
+                       source: str = "pseudo") -> list[RankingList]:
+    """Self-supervised distillation lists: `per_document` pseudo-queries from every passage of `texts`, each
+    with its BM25 top-`depth` over the index (which should hold the passages, so the source is usually in it)."""
+    rng = random.Random(seed)
+    queries = [q for text in texts for _ in range(per_document) if (q := pseudo_query(text, rng)) is not None]
+    return retrieved_lists(queries, index, depth, source)
+
+
+def save_lists(lists: Iterable[RankingList], path: Path) -> Path:
+    """Write lists to one gzip'd JSON-lines file: a text table first, then one line per list of text indices."""
+    lists = list(lists)
+    table: dict[str, int] = {}
+    for item in lists:
+        for text in (item.query, *item.documents):
+            table.setdefault(text, len(table))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"texts": list(table)}) + "\n")
+        for item in lists:
+            row = {"q": table[item.query], "d": [table[t] for t in item.documents], "s": item.source,
+                   "qid": item.query_id, "ids": item.document_ids}
+            for name in ("labels", "teacher", "first_stage"):
+                value = getattr(item, name)
+                if value is not None:
+                    row[name] = [round(float(v), 4) for v in value]
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def load_lists(path: Path) -> list[RankingList]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no training lists at {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        texts = json.loads(handle.readline())["texts"]
+        return [RankingList(query=texts[row["q"]], documents=[texts[i] for i in row["d"]],
+                            labels=row.get("labels"), teacher=row.get("teacher"),
+                            first_stage=row.get("first_stage"), source=row.get("s", ""),
+                            query_id=row.get("qid", ""), document_ids=row.get("ids"))
+                for row in map(json.loads, handle)]
+
+
+def lists_from_dataset(dataset: BeirDataset, depth: int = 100, negatives: int = 31, seed: int = 0) -> list[RankingList]:
+    """Training lists for one judged split: its own candidate run (`candidates-<split>`, WikiQA/TrecQA style)
+    or BM25 top-`depth` run when the folder ships one, else BM25-mined negatives over the corpus."""
+    for name in (f"candidates-{dataset.split}", "bm25-top100"):
+        if name in dataset.runs:
+            return judged_lists(dataset, dataset.run(name), depth=depth)
+    corpus = dataset.corpus
+    index = Bm25Index([doc.content for doc in corpus.values()], list(corpus))
+    return mine_negatives(dataset.queries, index, dataset.qrels, rank_range=(0, depth), per_query=negatives,
+                          seed=seed, source=dataset.name)
+
+
+def candidate_lists(dataset: BeirDataset, depth: int = 100) -> list[RankingList]:
+    """Dev candidates to rerank: the split's own candidate run, a shipped BM25 top-100, else BM25 top-`depth`
+    over the corpus (unjudged candidates keep label 0; the qrels score them)."""
+    for name in (f"candidates-{dataset.split}", "bm25-top100"):
+        if name in dataset.runs:
+            return judged_lists(dataset, dataset.run(name), depth=depth, include_judged=False)
+    corpus = dataset.corpus
+    index = Bm25Index([doc.content for doc in corpus.values()], list(corpus))
+    qids = list(dataset.queries)
+    lists = retrieved_lists([dataset.queries[q] for q in qids], index, depth, dataset.name, qids)
+    for item in lists:
+        judged = dataset.qrels.get(item.query_id, {})
+        item.labels = np.array([max(judged.get(d, 0), 0) for d in item.document_ids or []], dtype=np.float32)
+    return lists

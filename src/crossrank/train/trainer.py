@@ -1,0 +1,385 @@
+"""Fine-tune a cross-encoder on ranking lists: grouped batches, label and distillation losses, AdamW with warmup
+and budget-aware linear decay, bf16 autocast, periodic dev nDCG@10, best-checkpoint selection, early stopping,
+resume, and a wall-clock budget. The checkpoint it writes is the layout the engine loads (fp16 safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from crossrank.evaluate.datasets import BeirDataset, Qrels, Run
+from crossrank.model.batching import iter_batches, pad_batch
+from crossrank.model.checkpoint import Checkpoint, resolve_model_path
+from crossrank.model.tokenization import PairEncoder, load_tokenizer
+from crossrank.train.data import RankingList, candidate_lists
+from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
+from crossrank.train.teacher import fuse
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+HEAD_PREFIXES = ("classifier.", "bert.pooler.", "pooler.")
+
+
+@dataclass
+class TrainConfig:
+    base: str = "minilm"
+    max_length: int = 256
+    group_size: int = 16
+    lists_per_step: int = 32
+    labelled_fraction: float = 0.25
+    label_loss: str | None = "listwise"
+    label_weight: float = 1.0
+    teacher_loss: str | None = "kl"
+    teacher_weight: float = 1.0
+    temperature: float = 0.3
+    first_stage_weight: float = 0.2
+    lr: float = 3e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    steps: int = 1000
+    max_minutes: float | None = None
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    eval_every: int = 200
+    patience: int | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.label_loss is not None and self.label_loss not in LABEL_LOSSES:
+            raise ValueError(f"label_loss must be one of {sorted(LABEL_LOSSES)} or None, got {self.label_loss!r}")
+        if self.teacher_loss is not None and self.teacher_loss not in TEACHER_LOSSES:
+            raise ValueError(f"teacher_loss must be one of {sorted(TEACHER_LOSSES)} or None, got {self.teacher_loss!r}")
+        if self.label_loss is None and self.teacher_loss is None:
+            raise ValueError("at least one of label_loss and teacher_loss is needed")
+        for name in ("group_size", "lists_per_step", "steps", "grad_accum", "eval_every", "max_length"):
+            if getattr(self, name) < 1 or (name == "group_size" and self.group_size < 2):
+                raise ValueError(f"{name} must be positive (group_size at least 2), got {getattr(self, name)}")
+        if not 0 <= self.labelled_fraction <= 1 or not 0 <= self.warmup < 1:
+            raise ValueError("labelled_fraction must be in [0, 1] and warmup in [0, 1)")
+
+
+@dataclass
+class DevSet:
+    """Candidates to rerank and the qrels to score them with (ideal DCG from all judgments)."""
+
+    name: str
+    lists: list[RankingList]
+    qrels: Qrels
+
+    @classmethod
+    def from_dataset(cls, dataset: BeirDataset, depth: int = 100) -> DevSet:
+        return cls(f"{dataset.name}:{dataset.split}", candidate_lists(dataset, depth), dataset.qrels)
+
+
+def ndcg_at_10(qrels: Qrels, run: Run) -> float:
+    """nDCG@10 through the evaluation module (ir-measures); a small trec_eval-equivalent fallback (linear gains)
+    where ir-measures is not installed, e.g. on a bare GPU box."""
+    try:
+        from crossrank.evaluate.metrics import evaluate_run
+    except ImportError:
+        values = []
+        for qid, judged in qrels.items():
+            ranking = sorted(run.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]
+            dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, (doc, _) in enumerate(ranking))
+            ideal = sorted((max(v, 0) for v in judged.values()), reverse=True)[:10]
+            idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
+            values.append(dcg / idcg if idcg > 0 else 0.0)
+        return float(np.mean(values)) if values else 0.0
+    return evaluate_run(qrels, run, ["nDCG@10"])["nDCG@10"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _cpu_has_native_bf16() -> bool:
+    """bf16 autocast pays on CPUs with AMX/AVX512-BF16; elsewhere it is emulated and many times slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def load_student(base: str):  # noqa: ANN201 - a transformers model
+    """A one-logit sequence classifier: the base as is when it already is one, else its body with a new head."""
+    from transformers import AutoModelForSequenceClassification
+
+    checkpoint = Checkpoint.open(resolve_model_path(base))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(checkpoint.path), num_labels=1, dtype=torch.float32, local_files_only=True)
+    return checkpoint, model
+
+
+def save_checkpoint(model: torch.nn.Module, base: Path, out: Path, max_length: int) -> Path:
+    """fp16 safetensors + config + tokenizer files, model_max_length set to the trained length."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
+    model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config.update(dtype="float16", num_labels=1)
+    config.pop("torch_dtype", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file() and base.resolve() != out.resolve():
+            shutil.copy(base / name, out / name)
+    tokenizer_config = out / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text(encoding="utf-8")) if tokenizer_config.is_file() else {}
+    settings["model_max_length"] = max_length
+    tokenizer_config.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _prefetch(iterator: Iterator, size: int = 4) -> Iterator:
+    """Run a batch iterator in a thread (tokenisation releases the GIL) so the device never waits on it."""
+    buffer: queue.Queue = queue.Queue(size)
+    done = object()
+
+    def fill() -> None:
+        for item in iterator:
+            buffer.put(item)
+        buffer.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := buffer.get()) is not done:
+        yield item
+
+
+@dataclass
+class TrainResult:
+    best_metric: float | None
+    best_step: int
+    steps: int
+    pairs_seen: int
+    wall_seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, train: Sequence[RankingList], out: str | Path,
+                 dev: DevSet | None = None, log: Callable[[str], None] = print) -> None:
+        if not train:
+            raise ValueError("no training lists")
+        usable = [item for item in train if self._has_signal(config, item)]
+        if not usable:
+            raise ValueError("no training list carries labels or teacher scores the configured losses can use")
+        self.config, self.out, self.dev, self.log = config, Path(out), dev, log
+        self.labelled = [item for item in usable if item.labels is not None and item.labels.max() > 0]
+        self.others = [item for item in usable if not (item.labels is not None and item.labels.max() > 0)]
+        self.device = resolve_device(config.device)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.checkpoint, self.model = load_student(config.base)
+        self.model.to(self.device)
+        tokenizer, self.pad_id = load_tokenizer(self.checkpoint.path)
+        self.pair_encoder = PairEncoder(tokenizer, config.max_length, long_documents="truncate", window_overlap=0)
+        head = [p for n, p in self.model.named_parameters() if n.startswith(HEAD_PREFIXES)]
+        body = [p for n, p in self.model.named_parameters() if not n.startswith(HEAD_PREFIXES)]
+        self.optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr, "base_lr": config.lr},
+                                            {"params": head, "lr": config.head_lr, "base_lr": config.head_lr}],
+                                           weight_decay=config.weight_decay)
+        self.autocast = config.bf16 and (self.device.type == "cuda" or _cpu_has_native_bf16())
+        self.step, self.pairs_seen, self.history = 0, 0, []
+        self.best_metric: float | None = None
+        self.best_step = 0
+        self.elapsed_before = 0.0
+
+    @staticmethod
+    def _has_signal(config: TrainConfig, item: RankingList) -> bool:
+        labelled = config.label_loss is not None and item.labels is not None and item.labels.max() > 0
+        return labelled or (config.teacher_loss is not None and item.teacher is not None)
+
+    # ----- batches -----
+    def _group(self, item: RankingList, rng: random.Random) -> list[int]:
+        """One anchor (a judged positive drawn by gain, else the teacher's top) and random others."""
+        n, size = len(item.documents), self.config.group_size
+        if item.labels is not None and item.labels.max() > 0:
+            gains = 2.0 ** item.labels - 1
+            anchor = rng.choices(range(n), weights=gains.tolist())[0]
+        elif item.teacher is not None:
+            anchor = int(np.argmax(item.teacher))
+        else:
+            anchor = 0
+        others = [i for i in range(n) if i != anchor]
+        return [anchor, *rng.sample(others, min(size - 1, len(others)))]
+
+    def _batches(self, rng: random.Random) -> Iterator[dict]:
+        config = self.config
+        n_labelled = round(config.lists_per_step * config.labelled_fraction) if self.labelled and self.others else (
+            config.lists_per_step if self.labelled else 0)
+        while True:
+            chosen = rng.choices(self.labelled, k=n_labelled) if n_labelled else []
+            chosen += rng.choices(self.others, k=config.lists_per_step - n_labelled) if self.others else []
+            groups = [self._group(item, rng) for item in chosen]
+            queries = [item.query for item, group in zip(chosen, groups, strict=True) for _ in group]
+            documents = [item.documents[i] for item, group in zip(chosen, groups, strict=True) for i in group]
+            rows, _ = self.pair_encoder.encode(queries, documents)
+            width = config.group_size
+            mask = np.zeros((len(chosen), width), dtype=bool)
+            labels = np.zeros((len(chosen), width), dtype=np.float32)
+            teacher = np.zeros((len(chosen), width), dtype=np.float32)
+            has_labels = np.zeros(len(chosen), dtype=bool)
+            has_teacher = np.zeros(len(chosen), dtype=bool)
+            for row, (item, group) in enumerate(zip(chosen, groups, strict=True)):
+                mask[row, : len(group)] = True
+                if item.labels is not None and item.labels.max() > 0:
+                    labels[row, : len(group)] = item.labels[group]
+                    has_labels[row] = True
+                if item.teacher is not None:
+                    fused = fuse(item.teacher, item.first_stage, config.first_stage_weight)
+                    teacher[row, : len(group)] = fused[group]
+                    has_teacher[row] = True
+            yield {"inputs": pad_batch(rows, self.pad_id), "mask": mask, "labels": labels, "teacher": teacher,
+                   "has_labels": has_labels, "has_teacher": has_teacher}
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        config, device = self.config, self.device
+        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch["inputs"].items()}
+        mask = torch.from_numpy(batch["mask"]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            flat = self.model(**inputs).logits[:, 0].float()
+        logits = torch.zeros(mask.shape, device=device, dtype=flat.dtype).masked_scatter(mask, flat)
+        loss = logits.sum() * 0.0
+        rows = torch.from_numpy(batch["has_labels"]).to(device)
+        if config.label_loss is not None and rows.any():
+            labels = torch.from_numpy(batch["labels"]).to(device)
+            loss = loss + config.label_weight * LABEL_LOSSES[config.label_loss](logits[rows], labels[rows], mask[rows])
+        rows = torch.from_numpy(batch["has_teacher"]).to(device)
+        if config.teacher_loss is not None and rows.any():
+            teacher = torch.from_numpy(batch["teacher"]).to(device)
+            extra = {"temperature": config.temperature} if config.teacher_loss == "kl" else {}
+            loss = loss + config.teacher_weight * TEACHER_LOSSES[config.teacher_loss](
+                logits[rows], teacher[rows], mask[rows], **extra)
+        return loss
+
+    # ----- evaluation -----
+    @torch.inference_mode()
+    def score_lists(self, lists: Sequence[RankingList], batch_tokens: int = 65536) -> list[np.ndarray]:
+        self.model.eval()
+        queries = [item.query for item in lists for _ in item.documents]
+        documents = [doc for item in lists for doc in item.documents]
+        rows, _ = self.pair_encoder.encode(queries, documents)
+        flat = np.zeros(len(rows), dtype=np.float32)
+        for indices, batch in iter_batches(rows, batch_tokens, self.pad_id):
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                flat[indices] = self.model(**inputs).logits[:, 0].float().cpu().numpy()
+        self.model.train()
+        bounds = np.cumsum([0] + [len(item.documents) for item in lists])
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def evaluate(self, dev: DevSet) -> float:
+        run = {item.query_id: dict(zip(item.document_ids, scores.tolist(), strict=True))
+               for item, scores in zip(dev.lists, self.score_lists(dev.lists), strict=True)}
+        return ndcg_at_10(dev.qrels, run)
+
+    # ----- state -----
+    def _state_path(self) -> Path:
+        return self.out / "trainer_state.pt"
+
+    def _save_state(self, elapsed: float) -> None:
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "pairs_seen": self.pairs_seen, "history": self.history, "best_metric": self.best_metric,
+                    "best_step": self.best_step, "elapsed": elapsed, "config": asdict(self.config)},
+                   self._state_path())
+
+    def _load_state(self) -> None:
+        state = torch.load(self._state_path(), map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.pairs_seen, self.history = state["step"], state["pairs_seen"], state["history"]
+        self.best_metric, self.best_step, self.elapsed_before = state["best_metric"], state["best_step"], state["elapsed"]
+        self.log(f"resumed at step {self.step} (best {self.best_metric} at {self.best_step})")
+
+    def _learning_rate_factor(self, elapsed: float) -> float:
+        """Linear warmup, then linear decay to 0 at whichever ends first: the step count or the time budget."""
+        config = self.config
+        progress = self.step / config.steps
+        if config.max_minutes:
+            progress = max(progress, elapsed / (60 * config.max_minutes))
+        if progress < config.warmup:
+            return max(progress / config.warmup, 1e-3)
+        return max(0.0, (1 - progress) / (1 - config.warmup))
+
+    def _checkpoint(self, metric: float | None, elapsed: float) -> None:
+        if metric is not None:
+            self.history.append({"step": self.step, "pairs": self.pairs_seen, "seconds": round(elapsed, 1),
+                                 "dev_ndcg@10": round(metric, 4)})
+            self.log(f"step {self.step} pairs {self.pairs_seen} {elapsed:.0f}s dev nDCG@10 {metric:.4f}")
+        if metric is None or self.best_metric is None or metric > self.best_metric:
+            self.best_metric, self.best_step = metric, self.step
+            save_checkpoint(self.model, self.checkpoint.path, self.out, self.config.max_length)
+        self._save_state(elapsed)
+        self._write_summary(elapsed)
+
+    def _write_summary(self, elapsed: float) -> None:
+        summary = {"config": asdict(self.config), "best_step": self.best_step, "best_dev_ndcg@10": self.best_metric,
+                   "steps": self.step, "pairs_seen": self.pairs_seen, "wall_seconds": round(elapsed, 1),
+                   "device": str(self.device), "dev": self.dev.name if self.dev else None,
+                   "train_lists": {"labelled": len(self.labelled), "unlabelled": len(self.others)},
+                   "history": self.history}
+        (self.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    def train(self) -> TrainResult:
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if config.resume and self._state_path().is_file():
+            self._load_state()
+        start = time.monotonic() - self.elapsed_before
+        if self.dev is not None and self.step == 0:
+            self._checkpoint(self.evaluate(self.dev), 0.0)
+        rng = random.Random(config.seed + self.step)
+        batches = _prefetch(self._batches(rng))
+        evals_without_gain = 0
+        self.model.train()
+        progress = tqdm(total=config.steps, initial=self.step, desc="train", mininterval=10)
+        while self.step < config.steps:
+            elapsed = time.monotonic() - start
+            if config.max_minutes and elapsed > 60 * config.max_minutes:
+                self.log(f"time budget of {config.max_minutes} min reached at step {self.step}")
+                break
+            factor = self._learning_rate_factor(elapsed)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            for _ in range(config.grad_accum):
+                batch = next(batches)
+                loss = self._loss(batch) / config.grad_accum
+                loss.backward()
+                self.pairs_seen += int(batch["mask"].sum())
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item() * config.grad_accum:.4f}", best=self.best_metric)
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                before = self.best_metric
+                self._checkpoint(self.evaluate(self.dev) if self.dev else None, time.monotonic() - start)
+                evals_without_gain = 0 if self.best_metric != before else evals_without_gain + 1
+                if config.patience is not None and evals_without_gain >= config.patience:
+                    self.log(f"early stop: no dev gain in {config.patience} evaluations")
+                    break
+        progress.close()
+        elapsed = time.monotonic() - start
+        if self.step % config.eval_every != 0 and self.step != config.steps:
+            self._checkpoint(self.evaluate(self.dev) if self.dev else None, elapsed)
+        self._write_summary(elapsed)
+        return TrainResult(self.best_metric, self.best_step, self.step, self.pairs_seen, elapsed, self.history)

@@ -1,0 +1,207 @@
+"""Training: losses against hand-computed values, list building and mining, the trainer on a tiny model,
+and checkpoints that the engine reads back with the trainer's scores."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crossrank.train import losses
+from crossrank.train.data import Bm25Index, RankingList, load_lists, mine_negatives, pseudo_query, save_lists
+from crossrank.train.trainer import DevSet, Trainer, TrainConfig, ndcg_at_10
+
+T = torch.tensor
+
+
+def test_listwise_ce_matches_hand_value() -> None:
+    logits, labels, mask = T([[2.0, 0.0, 5.0]]), T([[1.0, 0.0, 0.0]]), T([[True, True, False]])
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))  # the masked third entry takes no probability
+    assert losses.listwise_ce(logits, labels, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_listwise_ce_uses_graded_gains() -> None:
+    logits, labels, mask = T([[0.0, 0.0]]), T([[2.0, 1.0]]), T([[True, True]])
+    # targets ∝ 2^l − 1 = (3, 1)/4; student uniform
+    assert losses.listwise_ce(logits, labels, mask).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_kl_distillation_matches_hand_value() -> None:
+    teacher, student, mask = T([[1.0, 0.0]]), T([[0.0, 0.0]]), T([[True, True]])
+    p = math.exp(1) / (math.exp(1) + 1)
+    expected = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    assert losses.kl_distillation(student, teacher, mask).item() == pytest.approx(expected, rel=1e-5)
+    assert losses.kl_distillation(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        losses.kl_distillation(student, teacher, mask, temperature=0)
+
+
+def test_ranknet_and_hinge_match_hand_values() -> None:
+    logits, labels, mask = T([[1.0, 0.0]]), T([[0.0, 1.0]]), T([[True, True]])
+    # the only ordered pair is (1 over 0): log(1 + exp(s0 − s1))
+    assert losses.ranknet(logits, labels, mask).item() == pytest.approx(math.log(1 + math.e), rel=1e-5)
+    assert losses.margin_hinge(T([[0.3, 0.0]]), T([[1.0, 0.0]]), mask).item() == pytest.approx(0.7, rel=1e-5)
+    weighted = losses.ranknet(logits, labels, mask, ndcg_weighted=True)
+    assert weighted.item() == pytest.approx(math.log(1 + math.e), rel=1e-5)  # one pair: its weight cancels
+
+
+def test_margin_mse_and_bce_match_hand_values() -> None:
+    mask = T([[True, True, True]])
+    # teacher top is entry 0: student margins (1, 1) vs teacher margins (2, 1) → ((1−2)² + 0²) / 2
+    assert losses.margin_mse(T([[1.0, 0.0, 0.0]]), T([[2.0, 0.0, 1.0]]), mask).item() == pytest.approx(0.5)
+    bce = losses.pointwise_bce(T([[0.0]]), T([[2.0]]), T([[True]]), max_label=4.0)
+    assert bce.item() == pytest.approx(math.log(2), rel=1e-5)  # target 0.5, p 0.5
+
+
+def test_losses_without_signal_are_zero_with_gradient() -> None:
+    logits = torch.zeros(1, 3, requires_grad=True)
+    value = losses.listwise_ce(logits, torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool))
+    value.backward()
+    assert value.item() == 0.0 and logits.grad is not None
+
+
+CORPUS = {
+    "d1": "the apple orchard grows red apples in autumn",
+    "d2": "apple pie recipe with cinnamon and butter",
+    "d3": "river boats carry cargo down the wide river",
+    "d4": "the river delta floods every spring",
+    "d5": "mountain climbing needs ropes and a helmet",
+    "d6": "apple juice and apple cider from the orchard",
+}
+
+
+def test_mined_negatives_never_contain_judged_documents() -> None:
+    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    qrels = {"q1": {"d1": 1, "d6": 0}, "q2": {"d3": 2}}
+    lists = mine_negatives({"q1": "apple orchard", "q2": "river", "q3": "no judgments"}, index, qrels,
+                           rank_range=(0, 6), per_query=5)
+    assert [item.query_id for item in lists] == ["q1", "q2"]
+    for item in lists:
+        judged = qrels[item.query_id]
+        positives = [doc for doc in item.document_ids if judged.get(doc, 0) > 0]
+        negatives = [doc for doc, label in zip(item.document_ids, item.labels, strict=True) if label == 0]
+        assert positives and not set(negatives) & set(judged)
+        assert len(set(item.document_ids)) == len(item.document_ids)
+    with pytest.raises(ValueError, match="rank_range"):
+        mine_negatives({"q1": "apple"}, index, qrels, rank_range=(3, 3))
+
+
+def test_margin_filter_drops_negatives_close_to_the_positive() -> None:
+    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    scorer = lambda query, texts: np.array([1.0 if "apple" in t else 0.0 for t in texts])  # noqa: E731
+    [item] = mine_negatives({"q1": "apple"}, index, {"q1": {"d1": 1}}, rank_range=(0, 6), per_query=5,
+                            scorer=scorer, margin=0.5)
+    assert not any("apple" in text for text in item.documents[1:])
+
+
+def test_lists_round_trip_and_reject_bad_shapes(tmp_path) -> None:
+    lists = [RankingList("apple", ["a", "b"], labels=[1, 0], teacher=[0.5, 0.1], source="s", query_id="q",
+                         document_ids=["x", "y"]), RankingList("river", ["b", "c"], first_stage=[2.0, 1.0])]
+    loaded = load_lists(save_lists(lists, tmp_path / "lists.jsonl.gz"))
+    assert [(i.query, i.documents, i.document_ids) for i in loaded] == [(i.query, i.documents, i.document_ids)
+                                                                         for i in lists]
+    np.testing.assert_allclose(loaded[0].teacher, [0.5, 0.1])
+    assert loaded[1].labels is None
+    with pytest.raises(ValueError, match="shape"):
+        RankingList("q", ["a", "b"], labels=[1])
+    with pytest.raises(ValueError, match="empty query"):
+        RankingList("  ", ["a"])
+    with pytest.raises(FileNotFoundError):
+        load_lists(tmp_path / "missing.jsonl.gz")
+
+
+def test_pseudo_query_is_a_span_or_sentence_of_the_passage() -> None:
+    rng = random.Random(1)
+    text = "Rivers carry water. Boats sail on wide rivers today. Mountains rise high above."
+    for _ in range(20):
+        query = pseudo_query(text, rng)
+        assert query is not None and (query in text or query in text.lower().replace(".", ""))
+    assert pseudo_query("too short", rng) is None
+
+
+def test_ndcg_fallback_matches_hand_value() -> None:
+    qrels = {"q": {"a": 2, "b": 1}}
+    run = {"q": {"b": 2.0, "a": 1.0}}
+    expected = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
+    assert ndcg_at_10(qrels, run) == pytest.approx(expected, rel=1e-4)
+
+
+WORDS = ["apple", "river", "mountain", "guitar", "planet", "garden", "winter", "castle", "violin", "ocean",
+         "desert", "forest", "bridge", "rocket", "pepper", "island"]
+
+
+def synthetic_lists(seed: int, queries: list[str], size: int = 6) -> list[RankingList]:
+    """Query = a word; the relevant document contains it, the others are made of other words."""
+    rng = random.Random(seed)
+    lists = []
+    for q, word in enumerate(queries):
+        others = [w for w in WORDS if w != word]
+        docs = [" ".join(rng.sample(others, 3) + [word])] + [" ".join(rng.sample(others, 4)) for _ in range(size - 1)]
+        lists.append(RankingList(word, docs, labels=[1] + [0] * (size - 1), query_id=f"q{seed}-{q}",
+                                 document_ids=[f"d{seed}-{q}-{i}" for i in range(size)]))
+    return lists
+
+
+def dev_set(seed: int = 99) -> DevSet:
+    lists = synthetic_lists(seed, WORDS)
+    qrels = {item.query_id: {item.document_ids[0]: 1} for item in lists}
+    return DevSet("synthetic", lists, qrels)
+
+
+def test_tiny_model_learns_and_its_checkpoint_round_trips(tiny_model_dir, tmp_path) -> None:
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    train = [item for seed in range(8) for item in synthetic_lists(seed, WORDS)]
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=6, lists_per_step=16, lr=3e-3,
+                         head_lr=3e-3, steps=150, eval_every=75, teacher_loss=None, bf16=False, device="cpu",
+                         warmup=0.1)
+    trainer = Trainer(config, train, tmp_path / "model", dev=dev_set(), log=lambda _: None)
+    result = trainer.train()
+    start, best = result.history[0]["dev_ndcg@10"], result.best_metric
+    assert best is not None and best > start + 0.08, result.history
+    assert (tmp_path / "model" / "training.json").is_file()
+
+    # the saved (fp16) checkpoint scores in the engine exactly as the trainer scores the same weights
+    saved = CrossEncoder.from_pretrained(tmp_path / "model", backend="torch")
+    reloaded = Trainer(TrainConfig(base=str(tmp_path / "model"), max_length=128, teacher_loss=None, bf16=False,
+                                   device="cpu"), train, tmp_path / "unused", log=lambda _: None)
+    lists = dev_set().lists[:4]
+    engine = saved.predict([(item.query, doc) for item in lists for doc in item.documents])
+    np.testing.assert_allclose(engine, np.concatenate(reloaded.score_lists(lists)), atol=1e-5)
+    assert saved.max_length == 128
+
+
+def test_resume_continues_from_saved_state(tiny_model_dir, tmp_path) -> None:
+    train = synthetic_lists(0, WORDS)
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=4,
+                         eval_every=2, teacher_loss=None, bf16=False, device="cpu")
+    Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
+    config.steps, config.resume = 6, True
+    result = Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
+    assert result.steps == 6
+
+
+def test_config_and_trainer_reject_bad_input(tiny_model_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="label_loss"):
+        TrainConfig(label_loss="nope")
+    with pytest.raises(ValueError, match="at least one"):
+        TrainConfig(label_loss=None, teacher_loss=None)
+    with pytest.raises(ValueError, match="group_size"):
+        TrainConfig(group_size=1)
+    with pytest.raises(ValueError, match="no training lists"):
+        Trainer(TrainConfig(base=str(tiny_model_dir)), [], tmp_path)
+    unlabelled = [RankingList("q", ["a", "b"])]
+    with pytest.raises(ValueError, match="carries labels or teacher"):
+        Trainer(TrainConfig(base=str(tiny_model_dir), teacher_loss=None), unlabelled, tmp_path)
+
+
+def test_cli_train_needs_data(tmp_path) -> None:
+    from crossrank.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), "--base", "minilm"])
+    assert result.exit_code == 2
+    assert "no training data" in result.output
