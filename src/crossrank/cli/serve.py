@@ -25,6 +25,8 @@ def serve(
     int8: Annotated[bool, _opt("Dynamic int8 ONNX model.", "INT8", "--int8")] = False,
     threads: Annotated[int | None, _opt("Inference threads per worker.", "THREADS", "--threads")] = None,
     batch_tokens: Annotated[int, _opt("Estimated tokens per merged batch.", "BATCH_TOKENS", "--batch-tokens")] = 32768,
+    engine_batch_tokens: Annotated[int, _opt("Tokens per forward pass inside the engine.", "ENGINE_BATCH_TOKENS",
+                                             "--engine-batch-tokens")] = 2048,
     max_wait_ms: Annotated[float, _opt("Longest wait for a batch to fill.", "MAX_WAIT_MS", "--max-wait-ms")] = 2.0,
     max_queue_pairs: Annotated[int, _opt("Queue bound; beyond it 503 + Retry-After.", "MAX_QUEUE_PAIRS",
                                          "--max-queue-pairs")] = 20000,
@@ -58,7 +60,7 @@ def serve(
     try:
         config = ServerConfig(
             model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
-            batch_tokens=batch_tokens, max_wait_ms=max_wait_ms, max_queue_pairs=max_queue_pairs,
+            batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, max_wait_ms=max_wait_ms, max_queue_pairs=max_queue_pairs,
             request_timeout_s=timeout, workers=workers, max_documents=max_documents,
             max_chars_per_document=max_chars, max_body_bytes=max_body_bytes,
             api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,

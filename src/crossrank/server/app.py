@@ -47,8 +47,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def load_scorer(config: ServerConfig) -> EncoderScorer:
     from crossrank.model.cross_encoder import CrossEncoder
 
-    return EncoderScorer(CrossEncoder.from_pretrained(config.model, backend=config.backend,  # type: ignore[arg-type]
-                                                      quantize=config.quantize, threads=config.threads))  # type: ignore[arg-type]
+    return EncoderScorer(CrossEncoder.from_pretrained(
+        config.model, backend=config.backend, quantize=config.quantize,  # type: ignore[arg-type]
+        threads=config.threads, batch_tokens=config.engine_batch_tokens))
 
 
 def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAPI:
