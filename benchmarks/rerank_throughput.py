@@ -274,6 +274,8 @@ def main() -> None:
                         help="intra-op threads for every contender (default: each library's own default)")
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint (default: the bundled default model, else MiniLM + untrained head)")
+    parser.add_argument("--also-batch-tokens", type=int, default=None, metavar="N",
+                        help="add a crossrank-onnx-int8 contender with batch_tokens=N (the padding lever)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.repeats < 3:
@@ -313,6 +315,13 @@ def main() -> None:
                       baseline="flashrank-fp32"),
             Contender("crossrank-onnx-int8", common | crossrank | {"backend": "onnx", "quantize": "int8"},
                       sys.executable, baseline="flashrank-int8", precision="int8"),
+        ]
+        if args.also_batch_tokens:
+            contenders.append(Contender(
+                f"crossrank-onnx-int8-bt{args.also_batch_tokens}",
+                common | crossrank | {"backend": "onnx", "quantize": "int8", "batch_tokens": args.also_batch_tokens},
+                sys.executable, baseline="flashrank-int8", precision="int8"))
+        contenders += [
             Contender("gemm-fp32", common | {"kind": "gemm", "dtype": "fp32"}, sys.executable),
             Contender("gemm-int8", common | {"kind": "gemm", "dtype": "int8"}, sys.executable, precision="int8"),
         ]

@@ -29,8 +29,9 @@ GEMM_M, GEMM_K, GEMM_N = 4096, 384, 1536
 def crossrank_scorer(spec: dict) -> Scorer:
     from crossrank.model.cross_encoder import CrossEncoder
 
+    options = {"batch_tokens": spec["batch_tokens"]} if spec.get("batch_tokens") else {}
     model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
-                                         threads=spec.get("threads"))
+                                         threads=spec.get("threads"), **options)
 
     def score(query: str, documents: list[str]) -> np.ndarray:
         scores = np.empty(len(documents), dtype=np.float32)
@@ -114,8 +115,7 @@ def main() -> None:
     started = time.perf_counter()
     scorer = {"crossrank": crossrank_scorer, "sentence-transformers": sentence_transformers_scorer,
               "flashrank": flashrank_scorer, "gemm": gemm_scorer}[spec["kind"]](spec)
-    for _ in range(2):  # warm-up: first-run allocations and lazy initialisation are not throughput
-        scorer(queries[0]["query"], queries[0]["documents"])
+    scorer(queries[0]["query"], queries[0]["documents"])  # warm-up: first-run allocations are not throughput
     reply({"ready": time.perf_counter() - started})
     for line in sys.stdin:
         request = json.loads(line)
@@ -126,7 +126,15 @@ def main() -> None:
         scores = scorer(query["query"], query["documents"])
         elapsed = time.perf_counter() - start
         reply({"seconds": elapsed, "scores": scores.astype(float).tolist() if request.get("scores") else None})
-    reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    reply({"peak_rss_mb": peak_rss_mb()})
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water RSS (VmHWM); ru_maxrss would include the parent's RSS at fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def protocol_channel() -> Callable[[dict], None]:
