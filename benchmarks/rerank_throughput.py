@@ -288,8 +288,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         os.environ.setdefault("CROSSRANK_CACHE", str(scratch / "cache"))
-        model_dir = args.model or default_model_dir() or minilm_cross_encoder(scratch / "minilm-ce")
-        trained = args.model is not None or default_model_dir() is not None
+        trained = args.model or default_model_dir()
+        if trained:  # a snapshot, so a model being retrained meanwhile cannot change under the contenders
+            model_dir = Path(shutil.copytree(trained, scratch / "model"))
+        else:
+            model_dir = minilm_cross_encoder(scratch / "minilm-ce")
         queries, qrels = load_queries(count)
         (scratch / "pairs.json").write_text(json.dumps(queries))
 
@@ -332,7 +335,7 @@ def main() -> None:
         summary = summarise(contenders, queries, flops, qrels if trained else None)
         summary |= {
             "command": command,
-            "model": str(model_dir) if trained else "all-MiniLM-L6-v2 body + untrained 1-logit head (seed 0)",
+            "model": str(trained) if trained else "all-MiniLM-L6-v2 body + untrained 1-logit head (seed 0)",
             "export": json.loads((export_dir(checkpoint, "classification") / "manifest.json").read_text()),
             "dataset": f"{DATASET} test, bm25-top100, {len(queries)} queries",
             "repeats": args.repeats,

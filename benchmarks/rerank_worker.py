@@ -48,7 +48,8 @@ def sentence_transformers_scorer(spec: dict) -> Scorer:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    model = CrossEncoder(spec["model"], device="cpu", local_files_only=True)
+    # torch fp32 like every other contender (a checkpoint saved in fp16 would otherwise load as fp16).
+    model = CrossEncoder(spec["model"], device="cpu", local_files_only=True, model_kwargs={"dtype": torch.float32})
 
     def score(query: str, documents: list[str]) -> np.ndarray:
         return np.asarray(model.predict([(query, document) for document in documents], batch_size=32))
