@@ -257,6 +257,12 @@ def test_feature_table_logs_and_reloads(tmp_path):
     assert ranked.head(1, "dense").doc_ids == ["d2"]
     with pytest.raises(ValueError, match="not in"):
         ranked.head(1, "bm25")
+    joined = table.join(FeatureTable.from_candidates(FeatureSet("ce", 1, (StageRank("dense"), StageScore("bm25"))),
+                                                      [("q1", "bm25", _candidates()[1:])]))
+    assert joined.feature_set.names == ["score:bm25", "score:dense", "doc_length", "rank:dense"]
+    assert np.isnan(joined.features[0, 3]) and joined.features[1, 3] == 1 and np.isnan(joined.features[2, 3])
+    with pytest.raises(ValueError, match="adds no feature"):
+        table.join(table)
     with pytest.raises(ValueError, match="not in"):
         table.select(["score:nope"])
     with pytest.raises(ValueError, match="no rows"):

@@ -98,6 +98,21 @@ def features(
                f"({pipeline!r}) -> {out}")
 
 
+@ltr_app.command("join")
+def join(
+    base: Annotated[Path, typer.Argument(help="Feature log whose rows are kept.")],
+    other: Annotated[Path, typer.Argument(help="Feature log whose extra columns are added.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Joined feature log to write.")],
+) -> None:
+    """Feature union of two logs of the same split (e.g. cross-encoder features computed in a separate pass)."""
+    try:
+        table = _load(base).join(_load(other))
+    except ValueError as exc:
+        _fail(str(exc))
+    table.save(out)
+    typer.echo(f"{len(table.qids)} rows, features {table.feature_set.names} -> {out}")
+
+
 @ltr_app.command("train")
 def train(
     features_path: FeaturesOption,

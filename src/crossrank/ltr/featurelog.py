@@ -109,6 +109,22 @@ class FeatureTable:
                             tuple(self.feature_set.features[c] for c in cols))
         return FeatureTable(subset, self.qids, self.doc_ids, self.features[:, cols], self.labels)
 
+    def join(self, other: FeatureTable, name: str | None = None) -> FeatureTable:
+        """Feature union: this table's rows with the other's extra columns, matched by (query, document), NaN
+        where the other lacks a row — e.g. cross-encoder features logged in a separate (GPU or later) pass."""
+        extra = [i for i, n in enumerate(other.feature_set.names) if n not in self.feature_set.names]
+        if not extra:
+            raise ValueError(f"{other.feature_set.key} adds no feature to {self.feature_set.key}")
+        row_of = {(q, d): i for i, (q, d) in enumerate(zip(other.qids, other.doc_ids))}
+        added = np.full((len(self.qids), len(extra)), np.nan)
+        for i, key in enumerate(zip(self.qids, self.doc_ids)):
+            j = row_of.get(key)
+            if j is not None:
+                added[i] = other.features[j, extra]
+        feature_set = FeatureSet(name or f"{self.feature_set.name}+{other.feature_set.name}", 1,
+                                 self.feature_set.features + tuple(other.feature_set.features[i] for i in extra))
+        return FeatureTable(feature_set, self.qids, self.doc_ids, np.hstack([self.features, added]), self.labels)
+
     def groups(self) -> np.ndarray:
         """Rows per query, in order (LightGBM's `group`)."""
         sizes: list[int] = []
