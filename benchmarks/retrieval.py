@@ -4,7 +4,7 @@ and full-corpus nDCG@10 for BM25, dense, hybrid (RRF) and hybrid + rerank, side 
     python benchmarks/retrieval.py --setup      # once: benchmarks/.venv-retrieval with bm25s + PyStemmer
     python benchmarks/retrieval.py [--datasets scifact npl] [--model CROSS_ENCODER_DIR] [--rerank-queries 20]
 
-Prints a table and writes benchmarks/results/retrieval.json. Indexes go to benchmarks/work/ (gitignored) and
+Prints a table and writes benchmarks/results/retrieval.json (--output). Indexes go to benchmarks/work/ (gitignored) and
 are reused with --reuse. Documents are indexed whole (passage_tokens 512; the bi-encoder reads the first 256
 tokens, as in BEIR's dense runs), and passage rankings are collapsed to documents for nDCG.
 """
@@ -145,24 +145,28 @@ def bench_dataset(name: str, args) -> dict:
 
     bm25_only, bm25_s = build(work / f"{name}-bm25", dense=False)
     passages = bm25_only.count()["passages"]
-    bm25_only.close()
     print(f"[{name}] BM25 ingest {bm25_s:.1f}s", flush=True)
-    index, full_s = build(work / f"{name}-full", dense=True)
-    print(f"[{name}] full ingest {full_s:.1f}s", flush=True)
-    out["ingest"] = {"passages": passages, "bm25_s": bm25_s, "bm25_passages_per_s": passages / bm25_s,
-                     "full_s": full_s, "dense_passages_per_s": passages / (full_s - bm25_s)}
+    out["ingest"] = {"passages": passages, "bm25_s": bm25_s, "bm25_passages_per_s": passages / bm25_s}
     depth = args.depth
-    systems = {
-        "bm25": Pipeline([Retrieve(index, "bm25", k=depth), Collapse()]),
-        "dense": Pipeline([Retrieve(index, "dense", k=depth), Collapse()]),
-        "hybrid": Pipeline([Retrieve(index, ["bm25", "dense"], k=depth), Fuse("rrf"), Collapse()]),
-    }
-    index.retrieve("dense", [dataset_query(queries)], 1)  # load the bi-encoder before timing
+    systems = {"bm25": Pipeline([Retrieve(bm25_only, "bm25", k=depth), Collapse()])}
+    if args.bm25_only:
+        index = bm25_only
+    else:
+        bm25_only.close()
+        index, full_s = build(work / f"{name}-full", dense=True)
+        print(f"[{name}] full ingest {full_s:.1f}s", flush=True)
+        out["ingest"].update(full_s=full_s, dense_passages_per_s=passages / (full_s - bm25_s))
+        systems = {
+            "bm25": Pipeline([Retrieve(index, "bm25", k=depth), Collapse()]),
+            "dense": Pipeline([Retrieve(index, "dense", k=depth), Collapse()]),
+            "hybrid": Pipeline([Retrieve(index, ["bm25", "dense"], k=depth), Fuse("rrf"), Collapse()]),
+        }
+        index.retrieve("dense", [dataset_query(queries)], 1)  # load the bi-encoder before timing
     for system, pipeline in systems.items():
         run, latency = timed_queries(lambda text, p=pipeline: doc_run(p.search(text).candidates), queries)
         out[system] = {**latency, "ndcg@10": ndcg10(dataset.qrels, run)}
         print(f"[{name}] {system}: {out[system]}", flush=True)
-    if args.model or args.untrained:
+    if (args.model or args.untrained) and not args.bm25_only:
         from crossrank.model.cross_encoder import CrossEncoder
 
         model = CrossEncoder.from_pretrained(args.model or untrained_cross_encoder())
@@ -174,7 +178,8 @@ def bench_dataset(name: str, args) -> dict:
                                 "ndcg@10": ndcg10({q: dataset.qrels[q] for q in subset if q in dataset.qrels}, run)
                                 if args.model else None}
         print(f"[{name}] hybrid+rerank: {out['hybrid+rerank']}", flush=True)
-    out["ann"] = ann_recall(index, queries)
+    if not args.bm25_only:
+        out["ann"] = ann_recall(index, queries)
     index.close()
     out["bm25s"] = bench_bm25s(dataset, queries, depth)
     print(f"[{name}] bm25s: {out['bm25s']}", flush=True)
@@ -209,9 +214,10 @@ def table(results: dict) -> str:
     lines = ["| set | system | ingest passages/s | p50 ms | p95 ms | nDCG@10 |", "|---|---|---|---|---|---|"]
     for name, r in results["datasets"].items():
         ingest = r["ingest"]
-        rows = [("bm25 (tantivy)", f"{ingest['bm25_passages_per_s']:.0f}", r["bm25"]),
-                ("dense (MiniLM ONNX, FAISS)", f"{ingest['dense_passages_per_s']:.0f}", r["dense"]),
-                ("hybrid RRF", "", r["hybrid"])]
+        rows = [("bm25 (tantivy)", f"{ingest['bm25_passages_per_s']:.0f}", r["bm25"])]
+        if "dense" in r:
+            rows += [("dense (MiniLM ONNX, FAISS)", f"{ingest['dense_passages_per_s']:.0f}", r["dense"]),
+                     ("hybrid RRF", "", r["hybrid"])]
         if "hybrid+rerank" in r:
             rows.append((f"hybrid + rerank {r['hybrid+rerank']['rerank_k']} ({r['hybrid+rerank']['queries']} q)", "",
                          r["hybrid+rerank"]))
@@ -219,6 +225,8 @@ def table(results: dict) -> str:
         for system, rate, m in rows:
             ndcg = "—" if m.get("ndcg@10") is None else f"{m['ndcg@10']:.4f}"
             lines.append(f"| {name} | {system} | {rate} | {m['p50_ms']:.1f} | {m['p95_ms']:.1f} | {ndcg} |")
+        if "ann" not in r:
+            continue
         ann = r["ann"]
         lines.append(f"| {name} | HNSW recall@10 vs exact ({ann['vectors']} vectors, {ann['probes']} probes) | | "
                      f"{ann['hnsw_ms']:.2f} | | {ann['recall@10']:.4f} |")
@@ -235,6 +243,8 @@ def main() -> None:
     parser.add_argument("--rerank-k", type=int, default=100)
     parser.add_argument("--rerank-queries", type=int, default=20, help="0 = all queries")
     parser.add_argument("--reuse", action="store_true", help="reuse indexes under benchmarks/work/")
+    parser.add_argument("--bm25-only", action="store_true", help="skip dense vectors (and so hybrid, rerank, ANN)")
+    parser.add_argument("--output", default="retrieval.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     if args.setup:
         setup()
@@ -251,9 +261,9 @@ def main() -> None:
     for name in args.datasets:
         results["datasets"][name] = bench_dataset(name, args)
         (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "retrieval.json").write_text(json.dumps(results, indent=2))
+        (HERE / "results" / args.output).write_text(json.dumps(results, indent=2))
     results["machine"]["load_avg_at_end"] = os.getloadavg()
-    (HERE / "results" / "retrieval.json").write_text(json.dumps(results, indent=2))
+    (HERE / "results" / args.output).write_text(json.dumps(results, indent=2))
     print(table(results))
 
 
