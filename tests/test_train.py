@@ -226,3 +226,37 @@ def test_bundled_default_model_loads_from_fp16_and_exports() -> None:
     assert torch_scores[0] > max(torch_scores[1:])
     calibrator = Calibrator.load(BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME)
     np.testing.assert_allclose(torch_model.probabilities(torch_scores), calibrator(torch_scores), rtol=1e-6)
+
+
+def write_beir(folder, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, dict[str, dict[str, int]]]):
+    import json
+
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
+                                                 for k, v in corpus.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    for split, judged in qrels.items():
+        rows = [f"{q}\t{d}\t{r}" for q, docs in judged.items() for d, r in docs.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_cli_trains_from_a_beir_folder_and_writes_card_and_calibration(tiny_model_dir, tmp_path) -> None:
+    import json
+
+    from crossrank.cli import app
+
+    data = write_beir(tmp_path / "toy", CORPUS, {"q1": "apple orchard", "q2": "river boats", "q3": "apple pie",
+                                                 "q4": "river delta"},
+                      {"train": {"q1": {"d1": 1}, "q2": {"d3": 1}}, "test": {"q3": {"d2": 1}, "q4": {"d4": 1}}})
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["train", "--base", str(tiny_model_dir), "--train", f"{data}:train",
+                                      "--dev", f"{data}:test", "--steps", "4", "--eval-every", "2", "--max-length",
+                                      "128", "--group-size", "4", "--lists-per-step", "2", "--device", "cpu",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index('{"out"'):].splitlines()[0])
+    assert summary["steps"] == 4 and summary["best_dev_ndcg@10"] is not None
+    assert {"config.json", "model.safetensors", "calibration.json", "README.md", "training.json"} <= {
+        p.name for p in out.iterdir()}
+    assert "research only" in (out / "README.md").read_text()

@@ -4,7 +4,6 @@ write the model card. The `crossrank train` command is a thin shell over `train_
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +38,10 @@ def train_from_datasets(config: TrainConfig, out: str | Path, train: Sequence[st
     if calibrate and dev_set is not None:
         rel = 2 if max((max(j.values(), default=0) for j in dev_set.qrels.values()), default=0) >= 3 else 1
         fit_calibration(Path(out), dev_set.lists, rel=rel)
+    command = ["crossrank", "train", "--base", config.base, *(f"--train={s}" for s in train),
+               *(f"--train-lists={p}" for p in train_lists), *([f"--dev={dev}"] if dev else []), f"--out={out}"]
     write_model_card(Path(out), title=Path(out).name, summary=f"Cross-encoder fine-tuned from `{config.base}`.",
-                     data=names, command=shlex.join(["crossrank", *sys.argv[1:]]))
+                     data=names, command=shlex.join(map(str, command)) + "  # options: see Configuration")
     return result
 
 
