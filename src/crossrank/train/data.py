@@ -63,7 +63,8 @@ def judged_lists(dataset: BeirDataset, run: Mapping[str, Mapping[str, float]] | 
     for qid, query in queries.items():
         candidates = ranked(run.get(qid, {}))[:depth] if run is not None else []
         if include_judged or run is None:
-            candidates += [doc for doc in qrels.get(qid, {}) if doc not in set(candidates)]
+            seen = set(candidates)
+            candidates += [doc for doc in qrels.get(qid, {}) if doc not in seen]
         candidates = [doc for doc in candidates if doc in corpus]
         if not candidates:
             continue
