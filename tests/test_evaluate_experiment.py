@@ -76,9 +76,12 @@ def test_reranked_rows_are_the_models_own_ranking(result) -> None:
     for name, scorer in (("run>>ce", scorers["ce"]), ("run>>bi", scorers["bi"])):
         system = experiment.system(name)
         for qid, candidates in run.items():
-            top = sorted(candidates, key=lambda d: (candidates[d], d), reverse=True)[:10]
+            order = sorted(candidates, key=lambda d: (candidates[d], d), reverse=True)
+            top, tail = order[:10], order[10:]
             logits = scorer.score([dataset.queries[qid]] * len(top), [dataset.corpus[d] for d in top]).logits
-            assert system.run[qid] == pytest.approx(dict(zip(top, logits.tolist(), strict=True)), abs=1e-5)
+            assert {d: system.run[qid][d] for d in top} == pytest.approx(dict(zip(top, logits.tolist(), strict=True)),
+                                                                         abs=1e-5)
+            assert ranked(system.run[qid])[10:] == tail  # below the depth: first-stage order, under the head
         assert system.means == pytest.approx(evaluate_run(dataset.qrels, system.run, experiment.config.measures))
 
 
@@ -201,7 +204,9 @@ def test_cli_eval_writes_runs_report_and_summary(beir_dir: Path, tiny_model_dir:
     assert report.read_text().count("data:image/png;base64,") == 3
 
 
-def test_cli_without_a_cross_encoder_says_so_and_evaluates_the_rest(beir_dir: Path, tmp_path: Path) -> None:
+def test_cli_without_a_cross_encoder_says_so_and_evaluates_the_rest(beir_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("crossrank.model.checkpoint.BUNDLED_MODELS_DIR", tmp_path / "no-bundled-models")
     result = CliRunner().invoke(app, ["eval", str(beir_dir), "--run", str(beir_dir / "runs" / "first.trec"),
                                       "--pipelines", "run", "--out", str(tmp_path), "--permutations", "50"])
     assert result.exit_code == 0, result.output
@@ -257,7 +262,8 @@ def test_full_retrieval_builds_the_corpus_index_once_and_ranks_through_it(beir_d
     # Topic words are shared by on-topic documents only, so lexical and dense retrieval both find them.
     assert result.system("bm25").means["nDCG@10"] > 0.5 and result.system("dense").means["nDCG@10"] > 0.5
     for qid, candidates in result.system("bm25").run.items():  # BM25 returns only documents sharing a term
-        assert set(result.system("bm25>>ce").run[qid]) == set(ranked(candidates)[:10])
+        reranked = ranked(result.system("bm25>>ce").run[qid])
+        assert set(reranked[:10]) == set(ranked(candidates)[:10]) and reranked[10:] == ranked(candidates)[10:]
     run_evaluation(dataset, config, pipelines="dense", say=lambda _: None, progress=False)
     assert marker.stat().st_mtime_ns == built  # cached, not rebuilt
     bm25_only = run_evaluation(dataset, config, pipelines="bm25", say=lambda _: None, progress=False)

@@ -29,18 +29,22 @@ class DepthPoint:
 
 
 def rerank_at_depth(first_stage: Run, rerank_scores: Run, depth: int) -> Run:
-    """The first stage's top `depth` per query, scored by the reranker (every one of them must be scored)."""
+    """Rerank the first stage's top `depth` per query by the reranker's scores (every one must be scored); the
+    candidates below follow in first-stage order, so measures deeper than `depth` (R@100) stay comparable."""
     if depth < 1:
         raise ValueError(f"depth must be ≥ 1, got {depth}")
     out: Run = {}
     for qid, candidates in first_stage.items():
         scores = rerank_scores.get(qid, {})
-        top = ranked(candidates)[:depth]
-        missing = [doc for doc in top if doc not in scores]
+        order = ranked(candidates)
+        head, tail = order[:depth], order[depth:]
+        missing = [doc for doc in head if doc not in scores]
         if missing:
             raise ValueError(f"query {qid}: the reranker did not score {len(missing)} of its top-{depth} "
                              f"candidates (e.g. {missing[0]!r}); score at the largest depth first")
-        out[qid] = {doc: scores[doc] for doc in top}
+        out[qid] = {doc: scores[doc] for doc in head}
+        floor = min(out[qid].values(), default=0.0)
+        out[qid].update({doc: floor - 1.0 - rank for rank, doc in enumerate(tail)})
     return out
 
 
