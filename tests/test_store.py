@@ -302,3 +302,13 @@ def test_threads_search_while_another_thread_commits(tmp_path: Path, tiny_index_
     assert not errors, errors
     assert seen and max(seen) <= 60 and index.count()["passages"] == 60
     index.close()
+
+
+def test_files_named_directly_keep_their_path_as_id(tmp_path, monkeypatch):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text(f"# {folder}\n\nabout {folder}\n")
+    monkeypatch.chdir(tmp_path)
+    ids = [d.id for d in load_documents(["a/README.md", "b/README.md", tmp_path / "a" / "README.md"])]
+    assert ids[:2] == ["a/README.md", "b/README.md"]
+    assert ids[2] == (tmp_path / "a" / "README.md").as_posix().lstrip("/")

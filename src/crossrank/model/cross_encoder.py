@@ -90,7 +90,7 @@ class CrossEncoder:
         quantize: Literal["int8"] | None = None,
         max_length: int | None = None,
         max_query_tokens: int = 64,
-        batch_tokens: int = 16384,
+        batch_tokens: int = 2048,
         long_documents: LongDocuments = "windows",
         window_overlap: int = 32,
         aggregate: Aggregate = "max",
@@ -98,8 +98,9 @@ class CrossEncoder:
     ) -> CrossEncoder:
         """Load a local checkpoint directory (None or "default": the bundled crossrank model).
 
-        `batch_tokens` bounds rows × padded length per forward pass; `threads` sets ONNX Runtime's intra-op
-        threads (for torch it sets torch's process-wide thread count).
+        `batch_tokens` bounds rows × padded length per forward pass: 2048 keeps padding near 11 % of the tokens
+        of MS MARCO-length pairs (16384 wasted ~45 %) and measured 1.17× faster on 2 cores. `threads` sets ONNX
+        Runtime's intra-op threads (for torch it sets torch's process-wide thread count).
         """
         checkpoint = Checkpoint.open(path)
         if checkpoint.num_labels not in (1, 2):

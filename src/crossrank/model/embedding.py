@@ -31,7 +31,7 @@ class BiEncoder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None, *, backend: BackendName = "onnx",
                         quantize: Literal["int8"] | None = None, max_length: int = 256,
-                        batch_tokens: int = 16384, threads: int | None = None) -> BiEncoder:
+                        batch_tokens: int = 2048, threads: int | None = None) -> BiEncoder:
         """Load a checkpoint (None: the bundled all-MiniLM-L6-v2). max_length 256 is what it was trained at."""
         checkpoint = Checkpoint.open(bi_encoder_path() if path is None else path)
         tokenizer, pad_id = load_tokenizer(checkpoint.path)

@@ -1,8 +1,9 @@
 """Turn files into Documents: plain text and Markdown, HTML (selectolax's parser), PDF (pypdf), JSON lines and
 CSV with a field mapping, BEIR corpus.jsonl. Bad files are skipped with a reason, never fatal to an ingest.
 
-A file's document id is its path relative to the folder it was found under; metadata carries `source`,
-`timestamp` (modification time, ISO-8601 UTC) and, for HTML, `url` when the page declares one.
+A file found under a given folder has its path relative to that folder as document id; a file given by name
+keeps the path as given (two `README.md`s named on one command line stay two documents). Metadata carries
+`source`, `timestamp` (modification time, ISO-8601 UTC) and, for HTML, `url` when the page declares one.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def iter_files(paths: Sequence[str | Path], report: LoadReport) -> Iterator[tupl
         raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
     for path in resolved:
         if path.is_file():
-            yield path, path.parent
+            yield path, Path(path.anchor) if path.is_absolute() else Path(".")
             continue
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             if any(part.startswith(".") for part in file.relative_to(path).parts):
