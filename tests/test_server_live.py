@@ -24,6 +24,7 @@ from schemathesis.checks import not_a_server_error
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.server.app import create_app
 from crossrank.server.config import ServerConfig
+from crossrank.server.scoring import EncoderScorer
 
 KEY = "test-key-123"
 DOCS = [f"Document {i} talks about {topic}." for i, topic in
@@ -131,27 +132,47 @@ def test_concurrent_clients_get_single_request_results(base_url):
     assert float(merged[0].split()[-1]) < float(total[0].split()[-1])  # some batches held several requests
 
 
-def test_disconnected_client_is_not_scored(base_url):
-    """A client that gives up while queued behind a big batch is dropped, counted, and the server goes on."""
-    big = {"query": "slow", "documents": ["word " * 300] * 200}
+class GatedScorer:
+    """The real scorer, except that a batch holding the query "hold" waits until the test opens the gate, so the
+    server is busy for exactly as long as the test needs, on a slow or a fast machine alike."""
 
-    def rejected() -> float:
-        for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-            if line.startswith('crossrank_rejected_total{reason="disconnected"}'):
-                return float(line.split()[-1])
-        return 0.0
+    def __init__(self, encoder: CrossEncoder) -> None:
+        self.inner = EncoderScorer(encoder)
+        self.name = self.inner.name
+        self.gate = threading.Event()
 
-    before = rejected()
-    with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(httpx.post, f"{base_url}/v1/rerank", json=big, headers=auth(), timeout=120)
-        time.sleep(0.1)
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{base_url}/v1/rerank", json={"query": "q", "documents": DOCS}, headers=auth(), timeout=0.2)
-        assert slow.result().status_code == 200
-    deadline = time.time() + 10
-    while rejected() <= before and time.time() < deadline:
-        time.sleep(0.1)
-    assert rejected() == before + 1
+    def __call__(self, queries, texts, token_caps):
+        if "hold" in queries:
+            assert self.gate.wait(60), "the test never opened the gate"
+        return self.inner(queries, texts, token_caps)
+
+
+def test_disconnected_client_is_not_scored(encoder, tmp_path):
+    """A client that gives up while queued behind a busy worker is dropped, counted, and the server goes on."""
+    scorer = GatedScorer(encoder)
+    config = ServerConfig(model="unused", api_keys=frozenset({KEY}), index_root=tmp_path)
+
+    with ThreadedServer(create_app(config, scorer=scorer)) as url:
+        def rejected() -> float:
+            for line in httpx.get(f"{url}/metrics").text.splitlines():
+                if line.startswith('crossrank_rejected_total{reason="disconnected"}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, f"{url}/v1/rerank", json={"query": "hold", "documents": DOCS},
+                               headers=auth(), timeout=60)
+            time.sleep(0.2)  # the held request is on the worker now
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": DOCS}, headers=auth(), timeout=0.3)
+            deadline = time.time() + 10
+            while rejected() < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            scorer.gate.set()
+            assert held.result().status_code == 200
+        assert rejected() == 1
+        after = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": DOCS}, headers=auth(), timeout=30)
+        assert after.status_code == 200
 
 
 def test_openapi_fuzz_never_5xx(base_url):
