@@ -15,7 +15,7 @@ from crossrank.ltr.features import (
     DocLength, FeatureSet, Freshness, Numeric, QueryCoverage, StageRank, StageScore, TitleMatch,
     default_feature_set,
 )
-from crossrank.ltr.lambdamart import LambdaMART, split_queries, train_lambdamart
+from crossrank.ltr.lambdamart import LambdaMART, cross_validate_lambdamart, split_queries, train_lambdamart
 from crossrank.ltr.propensity import (
     PositionBias, click_labels, estimate_position_bias, grade_labels, harvest_position_bias, ips_weights,
 )
@@ -306,11 +306,34 @@ def test_lambdamart_learns_a_feature_that_is_the_label(tmp_path):
     assert ndcg > 0.99
     importance = model.importance("gain")
     assert max(importance, key=importance.get) == "score:label"
-    assert model.card["best_iteration"] < 200 and model.card["valid"]["ndcg@10"] > 0.99
+    assert model.card["best_iterations"][0] < 200 and model.card["valid"]["ndcg@10"] > 0.99
     model.save(tmp_path / "ltr")
     loaded = LambdaMART.load(tmp_path / "ltr")
     np.testing.assert_allclose(loaded.score(test), model.score(test))
     assert loaded.feature_set == test.feature_set and "score:label" in loaded.card_markdown()
+
+
+def test_cross_validated_lambdamart_averages_one_model_per_fold(tmp_path):
+    table, test = _synthetic(40, seed=0), _synthetic(15, seed=1)
+    model = cross_validate_lambdamart(table, folds=4, num_rounds=100, early_stopping=10)
+    assert len(model.boosters) == 4 and len(model.card["best_iterations"]) == 4
+    assert model.card["valid"]["queries"] == 40 and len(model.card["valid"]["ndcg@10 per fold"]) == 4
+    assert model.card["valid"]["ndcg@10"] == pytest.approx(np.mean(model.card["valid"]["ndcg@10 per fold"]))
+    members = [LambdaMART([b], table.feature_set, {"best_iterations": [it]})
+               for b, it in zip(model.boosters, model.card["best_iterations"], strict=True)]
+    np.testing.assert_allclose(model.score(test), np.mean([m.score(test) for m in members], axis=0))
+    importance = model.importance("gain")
+    assert max(importance, key=importance.get) == "score:label"
+    model.save(tmp_path / "cv")
+    (tmp_path / "cv" / "model-9.txt").write_text("stale")  # a previous, bigger model's leftovers are replaced
+    model.save(tmp_path / "cv")
+    loaded = LambdaMART.load(tmp_path / "cv")
+    assert len(loaded.boosters) == 4
+    np.testing.assert_allclose(loaded.score(test), model.score(test))
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate_lambdamart(table, folds=1)
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate_lambdamart(_synthetic(3, seed=2), folds=4)
 
 
 def test_lambdamart_rejects_bad_training_input(tmp_path):
@@ -328,7 +351,7 @@ def test_lambdamart_rejects_bad_training_input(tmp_path):
     with pytest.raises(ValueError, match="differ"):
         train_lambdamart(table, other)
     model = train_lambdamart(table, num_rounds=5, min_data_in_leaf=1)
-    assert model.card["valid"] is None and model.card["best_iteration"] == 5
+    assert model.card["valid"] is None and model.card["best_iterations"] == [5]
     with pytest.raises(ValueError, match="expects features"):
         model.score(other)
     with pytest.raises(ValueError, match="shape"):

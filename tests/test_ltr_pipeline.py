@@ -89,10 +89,14 @@ def test_cli_features_train_simulate_and_learn_from_clicks(tiny_beir, tiny_model
     model_dir, results = tmp_path / "model", tmp_path / "results.json"
     result = runner.invoke(app, ["ltr", "train", "--features", str(log), "--test", str(log), "--qrels",
                                  f"{tiny_beir}:test", "--out", str(model_dir), "--json", str(results),
-                                 "--valid-fraction", "0.34", "--rounds", "5"])
+                                 "--folds", "3", "--min-data-in-leaf", "1", "--rounds", "5"])
     assert result.exit_code == 0, result.output
     assert LambdaMART.load(model_dir).feature_set == table.feature_set
-    assert set(json.loads(results.read_text())["systems"]) == {"bm25", "rerank", "ltr"}
+    saved = json.loads(results.read_text())
+    assert set(saved["systems"]) == {"bm25", "rerank", "ltr"} and saved["baseline"] == "rerank"
+    vs_rerank = saved["systems"]["ltr"]["vs_baseline"]  # paired tests against the cross-encoder alone
+    assert vs_rerank["wins"] + vs_rerank["ties"] + vs_rerank["losses"] == len(saved["systems"]["ltr"]["per_query"])
+    assert 0 < vs_rerank["randomisation_p_holm"] <= 1 and "vs_baseline" not in saved["systems"]["rerank"]
 
     clicks = tmp_path / "clicks.jsonl"
     result = runner.invoke(app, ["clicks", "simulate", "--features", str(log), "--out", str(clicks),
@@ -100,7 +104,7 @@ def test_cli_features_train_simulate_and_learn_from_clicks(tiny_beir, tiny_model
     assert result.exit_code == 0, result.output
     assert len(clicks.read_text().splitlines()) == 150
     result = runner.invoke(app, ["clicks", "train", "--features", str(log), "--log", str(clicks), "--test",
-                                 str(log), "--qrels", f"{tiny_beir}:test"])
+                                 str(log), "--qrels", f"{tiny_beir}:test", "--folds", "1"])
     assert result.exit_code == 0, result.output
     assert "estimated propensities" in result.output and "ltr-clicks-ips" in result.output
 

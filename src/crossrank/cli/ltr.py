@@ -24,6 +24,10 @@ OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Directory t
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the results table as JSON here.")]
 TopOption = Annotated[int | None, typer.Option("--top-k", help="Train and test on each query's top k by --by only.")]
 ByOption = Annotated[str, typer.Option("--by", help="Signal whose rank --top-k uses (the first stage).")]
+FoldsOption = Annotated[int, typer.Option(min=1, help="Cross-validation folds: the model averages one booster per "
+                                                      "fold, each stopped on its fold (1: a single holdout).")]
+LeavesOption = Annotated[int, typer.Option(min=2, help="Leaves per tree.")]
+MinLeafOption = Annotated[int, typer.Option(min=1, help="Minimum rows per leaf (regularises small judged sets).")]
 
 
 def _fail(message: str) -> None:
@@ -44,16 +48,26 @@ def _load(path: Path, top_k: int | None = None, by: str = "bm25"):
 
 
 def _report(rows: list, baseline: str | None, json_path: Path | None, extra: dict | None = None) -> None:
-    """Print nDCG@10 per system (Δ vs baseline) and optionally save it."""
+    """Print nDCG@10 per system with the paired tests of the evaluation module against the baseline (t-test and
+    randomisation, Holm-corrected; wins/ties/losses per query) and optionally save it all."""
+    from crossrank.evaluate.significance import compare_all
+
+    systems = {r.system: r.per_query for r in rows}
+    tests = compare_all(systems, baseline) if baseline in systems and len(systems) > 1 else {}
     base = next((r.mean for r in rows if r.system == baseline), None)
-    typer.echo(f"{'system':<28} nDCG@10   Δ vs {baseline}")
+    typer.echo(f"{'system':<28} nDCG@10   Δ vs {baseline:<9} p(t, Holm)  p(rand, Holm)  W/T/L")
     for row in rows:
         delta = "" if base is None else f"{row.mean - base:+.4f}"
-        typer.echo(f"{row.system:<28} {row.mean:.4f}    {delta}")
+        test = tests.get(row.system)
+        detail = "" if test is None else (f"   {test.t_p_holm:<11.4f} {test.randomisation_p_holm:<14.4f} "
+                                          f"{test.wins}/{test.ties}/{test.losses}")
+        typer.echo(f"{row.system:<28} {row.mean:.4f}    {delta:<9}{detail}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"measure": "nDCG@10", **(extra or {}), "systems": {
-            r.system: {"mean": r.mean, "per_query": r.per_query} for r in rows}}, indent=2))
+        json_path.write_text(json.dumps({"measure": "nDCG@10", **(extra or {}), "baseline": baseline, "systems": {
+            r.system: {"mean": r.mean, "per_query": r.per_query,
+                       **({"vs_baseline": tests[r.system].to_dict()} if r.system in tests else {})}
+            for r in rows}}, indent=2))
 
 
 @ltr_app.command("features")
@@ -121,9 +135,12 @@ def train(
     qrels: QrelsOption = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Leave out a feature (repeatable), for ablations.")]
     = None,
-    valid_fraction: Annotated[float, typer.Option(help="Share of training queries held out for early stopping.")]
-    = 0.2,
+    valid_fraction: Annotated[float, typer.Option(help="Share of training queries held out for early stopping "
+                                                       "(with --folds 1).")] = 0.2,
     rounds: Annotated[int, typer.Option(help="Maximum boosting rounds.")] = 500,
+    folds: FoldsOption = 5,
+    leaves: LeavesOption = 15,
+    min_data_in_leaf: MinLeafOption = 20,
     top_k: TopOption = None,
     by: ByOption = "bm25",
     seed: int = 0,
@@ -139,7 +156,8 @@ def train(
             _fail(f"--exclude {unknown}: not in {table.feature_set.key} {table.feature_set.names}")
         table = table.select([n for n in table.feature_set.names if n not in exclude])
     try:
-        model = train_on_judgments(table, valid_fraction, seed, num_rounds=rounds)
+        model = train_on_judgments(table, valid_fraction, seed, folds, num_rounds=rounds, num_leaves=leaves,
+                                   min_data_in_leaf=min_data_in_leaf)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(model.card_markdown())
@@ -217,6 +235,9 @@ def clicks_train(
     = True,
     dwell: Annotated[float | None, typer.Option(help="Count only clicks with at least this dwell (s).")] = None,
     max_weight: Annotated[float | None, typer.Option(help="Clip IPS weights (variance control).")] = None,
+    folds: FoldsOption = 5,
+    leaves: LeavesOption = 15,
+    min_data_in_leaf: MinLeafOption = 20,
     out: OutOption = None,
     test: TestOption = None,
     qrels: QrelsOption = None,
@@ -234,7 +255,8 @@ def clicks_train(
         _fail(f"no such click log: {log_path}")
     try:
         log = read_click_log(log_path)
-        model, bias = train_on_clicks(table, log, debias, dwell_threshold=dwell, max_weight=max_weight, seed=seed)
+        model, bias = train_on_clicks(table, log, debias, dwell_threshold=dwell, max_weight=max_weight, seed=seed,
+                                      folds=folds, num_leaves=leaves, min_data_in_leaf=min_data_in_leaf)
     except ValueError as exc:
         _fail(str(exc))
     if bias is not None:

@@ -18,7 +18,7 @@ from crossrank.evaluate.metrics import aggregate, per_query
 from crossrank.ltr.clicks import Impression
 from crossrank.ltr.featurelog import FeatureTable
 from crossrank.ltr.features import FeatureSet, default_feature_set
-from crossrank.ltr.lambdamart import LambdaMART, split_queries, train_lambdamart
+from crossrank.ltr.lambdamart import LambdaMART, cross_validate_lambdamart, split_queries, train_lambdamart
 from crossrank.ltr.propensity import PositionBias, click_labels, estimate_position_bias, grade_labels
 from crossrank.ltr.simulator import ClickModel, ClickSimulator
 from crossrank.pipeline import FromRun, Fuse, Pipeline, Rerank, Stage
@@ -97,9 +97,19 @@ def signal_scores(table: FeatureTable, signal: str) -> np.ndarray:
     return np.where(np.isnan(column), -np.inf, column)
 
 
-def train_on_judgments(train: FeatureTable, valid_fraction: float = 0.2, seed: int = 0, **kwargs) -> LambdaMART:
-    fit, valid = split_queries(train, valid_fraction, seed)
-    return train_lambdamart(fit, valid, seed=seed, description={"labels": "judgments"}, **kwargs)
+def fit_lambdamart(table: FeatureTable, *, folds: int = 1, valid_fraction: float = 0.2, seed: int = 0,
+                   **kwargs) -> LambdaMART:
+    """`folds` > 1: the average of cross-validated models; else one model stopped on a random query holdout."""
+    if folds > 1:
+        return cross_validate_lambdamart(table, folds, seed=seed, **kwargs)
+    fit, valid = split_queries(table, valid_fraction, seed)
+    return train_lambdamart(fit, valid, seed=seed, **kwargs)
+
+
+def train_on_judgments(train: FeatureTable, valid_fraction: float = 0.2, seed: int = 0, folds: int = 1,
+                       **kwargs) -> LambdaMART:
+    return fit_lambdamart(train, folds=folds, valid_fraction=valid_fraction, seed=seed,
+                          description={"labels": "judgments"}, **kwargs)
 
 
 def simulate_clicks(table: FeatureTable, qrels: Mapping[str, Mapping[str, int]], model: ClickModel,
@@ -116,7 +126,7 @@ def simulate_clicks(table: FeatureTable, qrels: Mapping[str, Mapping[str, int]],
 
 def train_on_clicks(train: FeatureTable, log: Sequence[Impression], debias: bool, *, levels: int = 10,
                     dwell_threshold: float | None = None, max_weight: float | None = None,
-                    bias: PositionBias | None = None, valid_fraction: float = 0.2, seed: int = 0,
+                    bias: PositionBias | None = None, valid_fraction: float = 0.2, seed: int = 0, folds: int = 1,
                     **kwargs) -> tuple[LambdaMART, PositionBias | None]:
     """LambdaMART on click labels of the shown results: naive click-through rates, or IPS-corrected ones with
     the position bias estimated by EM from the same log (or given). Validation also uses click labels."""
@@ -124,8 +134,8 @@ def train_on_clicks(train: FeatureTable, log: Sequence[Impression], debias: bool
         bias = estimate_position_bias(log, dwell_threshold=dwell_threshold)
     labels = click_labels(log, bias if debias else None, dwell_threshold=dwell_threshold, max_weight=max_weight)
     labelled = train.with_labels(grade_labels(labels, levels), only_labelled=True)
-    fit, valid = split_queries(labelled, valid_fraction, seed)
     description = {"labels": "clicks-ips" if debias else "clicks-naive", "impressions": len(log),
                    "propensities": None if bias is None else list(bias.theta)}
-    model = train_lambdamart(fit, valid, seed=seed, gain="linear", description=description, **kwargs)
+    model = fit_lambdamart(labelled, folds=folds, valid_fraction=valid_fraction, seed=seed, gain="linear",
+                           description=description, **kwargs)
     return model, bias if debias else None

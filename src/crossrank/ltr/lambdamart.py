@@ -1,6 +1,9 @@
 """LambdaMART with LightGBM's `lambdarank` objective: gradient-boosted trees trained to maximise NDCG@k over
-query groups, early-stopped on validation queries. The saved model directory holds the trees, the feature set
-they expect (name, version, definition) and a model card with validation NDCG and feature importances."""
+query groups, early-stopped on validation queries. With few judged queries (TREC DL has ~50) one held-out
+split is a noisy stopping signal, so `cross_validate_lambdamart` trains one model per fold, each stopped on its
+own fold, and averages them: every query serves validation once and the ensemble's variance drops. The saved
+model directory holds the trees (one file per model), the feature set they expect (name, version, definition)
+and a model card with validation NDCG and feature importances."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 from crossrank.ltr.featurelog import FeatureTable
 from crossrank.ltr.features import FeatureSet
 
-MODEL_FILE, FEATURES_FILE, CARD_FILE = "model.txt", "feature_set.json", "model_card.json"
+MODEL_FILES, FEATURES_FILE, CARD_FILE = "model-{}.txt", "feature_set.json", "model_card.json"
 GAINS = ("exponential", "linear")
 
 
@@ -47,11 +50,22 @@ def _labels(table: FeatureTable, what: str) -> np.ndarray:
 
 @dataclass
 class LambdaMART:
-    """A trained ranker: `score(table)` or `predict(features)`; `card` records how it was made."""
+    """A trained ranker: `score(table)` or `predict(features)`, the mean of its boosters (one, or one per
+    cross-validation fold), each cut at its own best iteration; `card` records how it was made."""
 
-    booster: lgb.Booster
+    boosters: list[lgb.Booster]
     feature_set: FeatureSet
     card: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.boosters:
+            raise ValueError("a LambdaMART model needs at least one booster")
+        iterations = self.card.setdefault("best_iterations", [None] * len(self.boosters))
+        if len(iterations) != len(self.boosters):
+            raise ValueError(f"{len(self.boosters)} boosters but {len(iterations)} best iterations in the card")
+
+    def _models(self):  # noqa: ANN202
+        return zip(self.boosters, (it or None for it in self.card["best_iterations"]), strict=True)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -60,7 +74,7 @@ class LambdaMART:
                              f"({self.feature_set.key}), got {features.shape}")
         if len(features) == 0:
             return np.zeros(0)
-        return self.booster.predict(features, num_iteration=self.card.get("best_iteration") or None)
+        return np.mean([booster.predict(features, num_iteration=it) for booster, it in self._models()], axis=0)
 
     def score(self, table: FeatureTable) -> np.ndarray:
         """Scores for a feature table logged with the same feature set (refuses any other)."""
@@ -70,36 +84,42 @@ class LambdaMART:
         return self.predict(table.features)
 
     def importance(self, kind: str = "gain") -> dict[str, float]:
-        """Feature → total split gain (or split count with kind="split"), best iteration only."""
-        values = self.booster.feature_importance(importance_type=kind,
-                                                 iteration=self.card.get("best_iteration") or None)
+        """Feature → total split gain (or split count with kind="split") over the boosters, best iterations only."""
+        values = sum(booster.feature_importance(importance_type=kind, iteration=it).astype(float)
+                     for booster, it in self._models())
         return dict(zip(self.feature_set.names, (float(v) for v in values)))
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(path / MODEL_FILE))
+        for stale in path.glob(MODEL_FILES.format("*")):
+            stale.unlink()
+        for i, booster in enumerate(self.boosters):
+            booster.save_model(str(path / MODEL_FILES.format(i)))
         (path / FEATURES_FILE).write_text(json.dumps(self.feature_set.to_json(), indent=2) + "\n")
         (path / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> LambdaMART:
-        missing = [name for name in (MODEL_FILE, FEATURES_FILE) if not (path / name).is_file()]
+        count = sum(1 for _ in path.glob(MODEL_FILES.format("*")))
+        missing = [name for name in (MODEL_FILES.format(0), FEATURES_FILE) if not (path / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{path} is not an LTR model directory: missing {missing}")
         feature_set = FeatureSet.from_json(json.loads((path / FEATURES_FILE).read_text()))
         card = json.loads((path / CARD_FILE).read_text()) if (path / CARD_FILE).is_file() else {}
-        booster = lgb.Booster(model_file=str(path / MODEL_FILE))
-        if booster.num_feature() != len(feature_set.features):
-            raise ValueError(f"{path}: trees use {booster.num_feature()} features, feature set has "
-                             f"{len(feature_set.features)}")
-        return cls(booster, feature_set, card)
+        boosters = [lgb.Booster(model_file=str(path / MODEL_FILES.format(i))) for i in range(count)]
+        for booster in boosters:
+            if booster.num_feature() != len(feature_set.features):
+                raise ValueError(f"{path}: trees use {booster.num_feature()} features, feature set has "
+                                 f"{len(feature_set.features)}")
+        return cls(boosters, feature_set, card)
 
     def card_markdown(self) -> str:
         lines = [f"# LTR model ({self.card.get('objective', 'lambdarank')})", "",
                  f"- feature set: `{self.feature_set.key}`",
                  f"- trained on: {self.card.get('train', {})}",
                  f"- validation: {self.card.get('valid', {})}",
-                 f"- best iteration: {self.card.get('best_iteration')} of {self.card.get('num_rounds')}",
+                 f"- models: {len(self.boosters)}, best iterations {self.card['best_iterations']} of "
+                 f"{self.card.get('num_rounds')}",
                  "", "| feature | gain share | splits |", "|---|---|---|"]
         gain = self.card.get("importance_gain", {})
         total = sum(gain.values()) or 1.0
@@ -146,15 +166,41 @@ def train_lambdamart(train: FeatureTable, valid: FeatureTable | None = None, *, 
     card: dict[str, Any] = {
         "objective": "lambdarank", "feature_set": train.feature_set.to_json(),
         "params": {k: v for k, v in params.items() if k != "label_gain"}, "gain": gain,
-        "num_rounds": num_rounds, "best_iteration": best, "seconds": round(time.perf_counter() - start, 2),
+        "num_rounds": num_rounds, "best_iterations": [best], "seconds": round(time.perf_counter() - start, 2),
         "train": {"queries": len(set(train.qids)), "rows": len(train.qids), **(description or {})},
         "valid": None if valid is None else {
             "queries": len(set(valid.qids)), "rows": len(valid.qids),
             f"ndcg@{ndcg_at}": float(evals["valid"][f"ndcg@{ndcg_at}"][best - 1]),
         },
     }
-    model = LambdaMART(booster, train.feature_set, card)
-    card["importance_gain"] = model.importance("gain")
-    card["importance_split"] = model.importance("split")
+    return _with_importance(LambdaMART([booster], train.feature_set, card))
+
+
+def _with_importance(model: LambdaMART) -> LambdaMART:
+    model.card["importance_gain"] = model.importance("gain")
+    model.card["importance_split"] = model.importance("split")
     return model
+
+
+def cross_validate_lambdamart(table: FeatureTable, folds: int = 5, *, seed: int = 0, ndcg_at: int = 10,
+                              **kwargs: Any) -> LambdaMART:
+    """k models, each trained on k-1 folds of the queries and early-stopped on the remaining one; the returned
+    model averages them. The card's validation NDCG is the mean over folds (every query validated once)."""
+    qids = sorted(set(table.qids))
+    if folds < 2 or folds > len(qids):
+        raise ValueError(f"folds must be between 2 and the number of queries ({len(qids)}), got {folds}")
+    shuffled = np.random.default_rng(seed).permutation(qids)
+    models = []
+    for part in np.array_split(shuffled, folds):
+        held_out = set(part.tolist())
+        models.append(train_lambdamart(table.subset(set(qids) - held_out), table.subset(held_out), seed=seed,
+                                       ndcg_at=ndcg_at, **kwargs))
+    key = f"ndcg@{ndcg_at}"
+    per_fold = [m.card["valid"][key] for m in models]
+    card = {**models[0].card, "best_iterations": [m.card["best_iterations"][0] for m in models],
+            "seconds": round(sum(m.card["seconds"] for m in models), 2),
+            "train": {**models[0].card["train"], "queries": len(qids), "rows": len(table.qids), "folds": folds},
+            "valid": {"queries": len(qids), "rows": len(table.qids), key: float(np.mean(per_fold)),
+                      f"{key} per fold": per_fold}}
+    return _with_importance(LambdaMART([m.boosters[0] for m in models], table.feature_set, card))
 
