@@ -93,7 +93,7 @@ def test_mined_negatives_never_contain_judged_documents() -> None:
 def test_margin_filter_drops_negatives_close_to_the_positive() -> None:
     index = Bm25Index(list(CORPUS.values()), list(CORPUS))
     scorer = lambda query, texts: np.array([1.0 if "apple" in t else 0.0 for t in texts])  # noqa: E731
-    [item] = mine_negatives({"q1": "apple"}, index, {"q1": {"d1": 1}}, rank_range=(0, 6), per_query=5,
+    [item] = mine_negatives({"q1": "apple river"}, index, {"q1": {"d1": 1}}, rank_range=(0, 6), per_query=5,
                             scorer=scorer, margin=0.5)
     assert not any("apple" in text for text in item.documents[1:])
 

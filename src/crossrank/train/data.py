@@ -11,6 +11,7 @@ import gzip
 import json
 import random
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crossrank.evaluate.datasets import BeirDataset, Qrels, ranked
+from crossrank.retrieve.bm25 import BM25Index
 from crossrank.types import Document
 
 
@@ -80,29 +82,27 @@ def judged_lists(dataset: BeirDataset, run: Mapping[str, Mapping[str, float]] | 
 
 
 class Bm25Index:
-    """BM25 (bm25s, Lucene variant) over a corpus: mining negatives and scoring candidates for the teacher."""
+    """The project's BM25 (tantivy, `crossrank.retrieve.bm25`) over a corpus held in a temporary directory:
+    mining negatives and scoring candidates for the teacher, with no persistent index to manage."""
 
     def __init__(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
-        import bm25s
-
         if not texts:
             raise ValueError("cannot index an empty corpus")
         self.texts = list(texts)
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        self._bm25s = bm25s
-        self.retriever = bm25s.BM25(method="lucene")
-        self.retriever.index(bm25s.tokenize(self.texts, stopwords="en", show_progress=False), show_progress=False)
+        self._directory = tempfile.TemporaryDirectory(prefix="crossrank-train-bm25-")
+        self.index = BM25Index(Path(self._directory.name))
+        self.index.apply([(row, "", text) for row, text in enumerate(self.texts)], [], generation=1)
 
-    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row indices [n, k'] and scores [n, k'] of the top k' = min(k, corpus size) documents per query."""
-        k = min(k, len(self.texts))
-        tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        indices, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return np.asarray(indices), np.asarray(scores, dtype=np.float32)
+    def search(self, queries: Sequence[str], k: int) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Per query, the rows and scores of its top k matching documents (fewer when fewer match)."""
+        hits = [self.index.search(query, k) for query in queries]
+        return [[row for row, _ in h] for h in hits], [np.array([s for _, s in h], dtype=np.float32) for h in hits]
 
     def score(self, query: str, indices: Sequence[int]) -> np.ndarray:
-        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
-        return np.asarray(self.retriever.get_scores(tokens), dtype=np.float32)[np.asarray(indices, dtype=np.int64)]
+        """BM25 scores of the given rows (0 for rows the query does not match)."""
+        scores = dict(self.index.search(query, len(self.texts)))
+        return np.array([scores.get(int(i), 0.0) for i in indices], dtype=np.float32)
 
 
 def mine_negatives(queries: Mapping[str, str], index: Bm25Index, qrels: Qrels, *, rank_range: tuple[int, int] = (0, 100),
@@ -125,14 +125,14 @@ def mine_negatives(queries: Mapping[str, str], index: Bm25Index, qrels: Qrels, *
     for row, qid in enumerate(qids):
         judged = qrels[qid]
         positives = [doc for doc, rel in judged.items() if rel >= min_positive and doc in position]
+        if not positives:
+            continue
         pool = [index.ids[i] for i in hits[row][start:end] if index.ids[i] not in judged]
         if scorer is not None and margin is not None and pool:
             teacher = scorer(queries[qid], [index.texts[position[d]] for d in positives + pool])
             floor = teacher[: len(positives)].min() - margin
             pool = [doc for doc, score in zip(pool, teacher[len(positives):], strict=True) if score < floor]
         negatives = rng.sample(pool, min(per_query, len(pool)))
-        if not positives:
-            continue
         docs = positives + negatives
         lists.append(RankingList(
             query=queries[qid], documents=[index.texts[position[d]] for d in docs],
@@ -171,7 +171,7 @@ def retrieved_lists(queries: Sequence[str], index: Bm25Index, depth: int = 32, s
     ids = list(query_ids) if query_ids is not None else [""] * len(queries)
     return [RankingList(query=q, documents=[index.texts[i] for i in hits[row]], first_stage=scores[row],
                         source=source, query_id=ids[row], document_ids=[index.ids[i] for i in hits[row]])
-            for row, q in enumerate(queries)]
+            for row, q in enumerate(queries) if hits[row]]  # a query matching nothing has no list
 
 
 def pseudo_query_lists(texts: Sequence[str], index: Bm25Index, per_document: int, depth: int = 32, seed: int = 0,
