@@ -66,6 +66,10 @@ def harvest_position_bias(impressions: Iterable[Impression], dwell_threshold: fl
     E[clicks_{k+1}]·n_k / E[clicks_k]·n_{k+1} = θ_{k+1}/θ_k whatever its relevance, so summing over such
     documents and chaining the ratios estimates θ in closed form (Joachims et al., 2017; Agarwal et al., 2019)."""
     pair, pos, c, _ = _observations(impressions, dwell_threshold)
+    return PositionBias(theta=_harvest(pair, pos, c))
+
+
+def _harvest(pair: np.ndarray, pos: np.ndarray, c: np.ndarray) -> tuple[float, ...]:
     n_pos, n_pair = int(pos.max()) + 1, int(pair.max()) + 1
     cell = pair * n_pos + pos
     shown = np.bincount(cell, minlength=n_pair * n_pos).reshape(n_pair, n_pos)
@@ -78,7 +82,7 @@ def harvest_position_bias(impressions: Iterable[Impression], dwell_threshold: fl
             raise ValueError(f"no clicked document was shown at both positions {k + 1} and {k + 2}: position bias "
                              "is not identifiable from this log (log with randomisation, e.g. swaps)")
         theta.append(min(theta[-1] * num / den, 1.0))
-    return PositionBias(theta=tuple(theta))
+    return tuple(theta)
 
 
 def estimate_position_bias(impressions: Iterable[Impression], max_iterations: int = 200, tol: float = 1e-6,
@@ -88,12 +92,11 @@ def estimate_position_bias(impressions: Iterable[Impression], max_iterations: in
     and γ per (query, document). EM alone crawls along the θ/γ ridge for deep positions (thousands of
     iterations), so the closed-form start matters. θ is only identifiable when documents appear at several
     positions — log with randomisation (swaps)."""
-    impressions = list(impressions)
     pair, pos, c, _ = _observations(impressions, dwell_threshold)
     n_pos, n_pair = int(pos.max()) + 1, int(pair.max()) + 1
     shown_at = np.bincount(pos, minlength=n_pos)
     shown_pair = np.bincount(pair, minlength=n_pair)
-    theta = np.array(harvest_position_bias(impressions, dwell_threshold).theta)
+    theta = np.array(_harvest(pair, pos, c))
     gamma = np.clip(np.bincount(pair, c / theta[pos], minlength=n_pair) / np.maximum(shown_pair, 1), 1e-6, 1.0)
     iteration = 0
     for iteration in range(1, max_iterations + 1):
