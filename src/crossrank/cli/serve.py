@@ -60,7 +60,8 @@ def serve(
     try:
         config = ServerConfig(
             model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
-            batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, max_wait_ms=max_wait_ms, max_queue_pairs=max_queue_pairs,
+            batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, max_wait_ms=max_wait_ms,
+            max_queue_pairs=max_queue_pairs,
             request_timeout_s=timeout, workers=workers, max_documents=max_documents,
             max_chars_per_document=max_chars, max_body_bytes=max_body_bytes,
             api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,

@@ -14,8 +14,8 @@ class ServerConfig:
     backend: str = "onnx"
     quantize: str | None = None
     threads: int | None = None
-    # The engine's own per-forward-pass token budget. Smaller than the engine's library default because, on the
-    # 2-core box we measured, 2048 scored 1.4x faster than 16384 (1024: 1.6x; 4096: 1.3x) — big batches spill cache.
+    # The engine's own per-forward-pass token budget (the engine's default; on the 2-core box we measured, 2048
+    # scored 1.4x faster than 16384 — big batches spill cache and pad more).
     engine_batch_tokens: int = 2048
     # Micro-batching: estimated tokens per combined call, how long a batch waits to fill, queue bound, timeout.
     batch_tokens: int = 32768
@@ -33,8 +33,8 @@ class ServerConfig:
     index_root: Path | None = None
 
     def __post_init__(self) -> None:
-        positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "max_documents", "max_chars_per_document",
-                    "max_body_bytes")
+        positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "max_documents",
+                    "max_chars_per_document", "max_body_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -169,21 +169,16 @@ class SearchResponse(BaseModel):
     trace: list[dict[str, Any]] | None = None
 
 
-class IndexDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=512)
-    text: str
-    title: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class DocumentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class IndexDocument(DocumentBody):
+    id: str = Field(min_length=1, max_length=512)
 
 
 class AddDocumentsRequest(BaseModel):
