@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -66,8 +67,6 @@ def synthetic_input(vocabulary: Sequence[str], queries: int = 10, candidates: in
 def dataset_input(dataset_spec: str, run: str | None = None, queries: int = 10, candidates: int = 100) -> BenchInput:
     """The first `queries` queries of a BEIR split that have candidates, with their top `candidates` from a
     shipped run (by name; default: the set's first) or a TREC run file."""
-    from pathlib import Path
-
     from crossrank.evaluate.datasets import parse_dataset_spec, ranked, read_run
 
     dataset = parse_dataset_spec(dataset_spec)
@@ -100,7 +99,7 @@ class VariantResult:
         return asdict(self)
 
 
-def _rank_orders(encoder: CrossEncoder, data: BenchInput, repeats: int,
+def _time_variant(encoder: CrossEncoder, data: BenchInput, repeats: int,
                  on_query: Callable[[], None] | None) -> tuple[list[float], list[float], list[np.ndarray]]:
     query_seconds: list[float] = []
     rates: list[float] = []
@@ -142,7 +141,7 @@ def run_bench(data: BenchInput, model: str | None = None, variants: Sequence[str
         start = time.perf_counter()
         encoder = CrossEncoder.from_pretrained(model, backend=backend, quantize=quantize, threads=threads, **options)
         load_seconds = time.perf_counter() - start
-        rates, query_seconds, scores = _rank_orders(encoder, data, repeats, on_query)
+        rates, query_seconds, scores = _time_variant(encoder, data, repeats, on_query)
         rate = statistics.median(rates)
         if reference is None:
             reference = (rate, scores)
