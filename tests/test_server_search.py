@@ -81,6 +81,33 @@ def test_search_errors_are_clear(client, payload, status, fragment):
     assert response.status_code == status and fragment in response.json()["message"]
 
 
+@pytest.mark.parametrize("weight", [1.0, -0.1, "heavy"])
+def test_search_first_stage_weight_is_validated(client, weight):
+    response = client.post("/search", json={"index": "cities", "query": "capital", "first_stage_weight": weight})
+    assert response.status_code == 422 and "first_stage_weight" in response.json()["message"]
+
+
+def test_search_uses_the_models_first_stage_weight_unless_told(tiny_model_with_fusion_dir, tmp_path):
+    encoder = CrossEncoder.from_pretrained(tiny_model_with_fusion_dir, backend="torch")
+    config = ServerConfig(index_root=tmp_path / "indexes", max_documents=50)
+    with TestClient(create_app(config, EncoderScorer(encoder))) as c:
+        assert c.post("/indexes/cities/documents", json={"documents": DOCS, "dense": False}).status_code == 200
+
+        def search(**extra):
+            body = {"index": "cities", "query": "capital city", "rerank_k": 3, "explain": True, **extra}
+            response = c.post("/search", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        shipped, chosen, alone = search(), search(first_stage_weight=0.2), search(first_stage_weight=0)
+    assert "first_stage_weight=0.75" in shipped["pipeline"] and "first_stage_weight=0.2" in chosen["pipeline"]
+    assert "first_stage_weight" not in alone["pipeline"]
+    for body in (shipped, chosen):
+        top = body["results"][0]
+        assert top["score"] == top["scores"]["rerank_interpolated"] and top["ranks"]["rerank_interpolated"] == 1
+    assert all("rerank_interpolated" not in r["scores"] for r in alone["results"])
+
+
 def test_document_errors_are_clear(client):
     no_id = client.post("/indexes/cities/documents", json={"documents": [{"text": "x"}]})
     assert no_id.status_code == 422 and "id" in no_id.json()["message"]

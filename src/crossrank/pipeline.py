@@ -22,8 +22,9 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fusion, weighted_fusion
 from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace
 
@@ -182,30 +183,51 @@ class Fuse(Stage):
 class Rerank(Stage):
     """Cross-encoder over the top k of each list; all queries' pairs go through the model in one batched call.
 
-    Records the logit as "rerank" (with rank) and the calibrated probability as "rerank_probability".
-    Candidates below k are dropped.
+    Records the logit as "rerank" (with the cross-encoder's own rank) and the calibrated probability as
+    "rerank_probability". With a first-stage weight w the list is ordered by (1 − w)·z(logit) + w·z(incoming
+    score), both z-scored over the query's top k (see `crossrank.model.interpolation`) and recorded as
+    "rerank_interpolated"; otherwise by the logit. `first_stage_weight`: "model" (default) is the weight the
+    model ships in fusion.json, if it has one; None or 0 is the cross-encoder alone; a number in [0, 1) is that
+    weight. Candidates below k are dropped.
     """
 
-    def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank") -> None:
+    def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank",
+                 first_stage_weight: float | Literal["model"] | None = "model") -> None:
         _positive("k", k)
         self.model, self.k, self.name = model, k, name
+        if first_stage_weight == "model":
+            interpolation = getattr(model, "interpolation", None)  # scorers such as the bi-encoder ship none
+        else:
+            interpolation = None if first_stage_weight is None else FirstStageInterpolation(first_stage_weight)
+        self.interpolation = interpolation if interpolation is not None and interpolation.weight > 0 else None
 
     def __repr__(self) -> str:
-        return f"Rerank({self.model.name!r}, k={self.k})"
+        weight = "" if self.interpolation is None else f", first_stage_weight={self.interpolation.weight}"
+        return f"Rerank({self.model.name!r}, k={self.k}{weight})"
 
     def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
         heads = [list(candidates[: self.k]) for candidates in candidate_lists]
         flat_queries = [query.text for query, head in zip(queries, heads, strict=True) for _ in head]
         scores = self.model.score(flat_queries, [c.document for head in heads for c in head])
+        interpolated = f"{self.name}_interpolated"
         out, offset = [], 0
         for head in heads:
+            span = slice(offset, offset + len(head))
+            logits, probabilities = scores.logits[span], scores.probabilities[span]
             scored = [
-                c.with_signal(self.name, scores.logits[offset + i]).with_signal(
-                    f"{self.name}_probability", scores.probabilities[offset + i], order=False)
-                for i, c in enumerate(head)
+                c.with_signal(self.name, logit).with_signal(f"{self.name}_probability", probability, order=False)
+                for c, logit, probability in zip(head, logits, probabilities, strict=True)
             ]
             offset += len(head)
-            out.append(ordered(scored, self.name))
+            if self.interpolation is None:
+                out.append(ordered(scored, self.name))
+                continue
+            # An incoming score is the first stage's. Ranking by the logit first keeps the cross-encoder's own rank
+            # as a signal; the interpolated score then orders the list.
+            final = self.interpolation.combine(logits, [c.score for c in head])
+            by_logit = ordered([c.with_signal(interpolated, value, order=False)
+                                for c, value in zip(scored, final, strict=True)], self.name)
+            out.append(ordered([c.with_signal(interpolated, c.scores[interpolated]) for c in by_logit], interpolated))
         return out
 
 

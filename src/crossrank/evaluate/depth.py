@@ -3,16 +3,22 @@ the reranker sees — the "how many candidates are worth the cost" answer.
 
 A reranker's score for a (query, document) pair does not depend on how many other candidates it sees, so the
 curve reuses one scoring pass at the largest depth: depth k keeps the first stage's top k, ordered by those
-scores. Cost is measured separately (see `DepthPoint.ms_per_query`), never derived from the quality pass.
+scores. A score interpolated with the first stage does depend on them (both signals are z-scored over the top k),
+so it is recomputed at each depth from the same pass. Cost is measured separately (see
+`DepthPoint.ms_per_query`), never derived from the quality pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from crossrank.evaluate.datasets import ranked
 from crossrank.evaluate.metrics import Qrels, Run, evaluate_run
+
+if TYPE_CHECKING:
+    from crossrank.model.interpolation import FirstStageInterpolation
 
 DEFAULT_DEPTHS: tuple[int, ...] = (10, 20, 50, 100, 200)
 
@@ -28,8 +34,10 @@ class DepthPoint:
         return asdict(self)
 
 
-def rerank_at_depth(first_stage: Run, rerank_scores: Run, depth: int) -> Run:
-    """Rerank the first stage's top `depth` per query by the reranker's scores (every one must be scored); the
+def rerank_at_depth(first_stage: Run, rerank_scores: Run, depth: int,
+                    interpolation: FirstStageInterpolation | None = None) -> Run:
+    """Rerank the first stage's top `depth` per query by the reranker's scores (every one must be scored), or by
+    their `interpolation` with the first stage's scores over that top `depth`, as the Rerank stage does; the
     candidates below follow in first-stage order, so measures deeper than `depth` (R@100) stay comparable."""
     if depth < 1:
         raise ValueError(f"depth must be ≥ 1, got {depth}")
@@ -42,7 +50,10 @@ def rerank_at_depth(first_stage: Run, rerank_scores: Run, depth: int) -> Run:
         if missing:
             raise ValueError(f"query {qid}: the reranker did not score {len(missing)} of its top-{depth} "
                              f"candidates (e.g. {missing[0]!r}); score at the largest depth first")
-        out[qid] = {doc: scores[doc] for doc in head}
+        head_scores = [scores[doc] for doc in head]
+        if interpolation is not None:
+            head_scores = interpolation.combine(head_scores, [candidates[doc] for doc in head]).tolist()
+        out[qid] = dict(zip(head, head_scores, strict=True))
         floor = min(out[qid].values(), default=0.0)
         out[qid].update({doc: floor - 1.0 - rank for rank, doc in enumerate(tail)})
     return out
@@ -57,8 +68,10 @@ def usable_depths(first_stage: Run, depths: Sequence[int]) -> list[int]:
 def depth_curve(qrels: Qrels, first_stage: Run, rerank_scores: Run, depths: Sequence[int] = DEFAULT_DEPTHS,
                 measure: str = "nDCG@10", rel: int | None = None,
                 time_depth: Callable[[int], float] | None = None,
-                collapse: Callable[[Run], Run] | None = None) -> list[DepthPoint]:
-    """One point per usable depth; `time_depth(k)` returns measured milliseconds per query at depth k.
+                collapse: Callable[[Run], Run] | None = None,
+                interpolation: FirstStageInterpolation | None = None) -> list[DepthPoint]:
+    """One point per usable depth; `time_depth(k)` returns measured milliseconds per query at depth k;
+    `interpolation` mixes the first stage into the reranker's scores at each depth (see `rerank_at_depth`).
 
     Depth counts the first stage's candidates (passages, for a passage index); `collapse` maps a candidate run
     to the judged units (documents) before it is evaluated.
@@ -66,7 +79,7 @@ def depth_curve(qrels: Qrels, first_stage: Run, rerank_scores: Run, depths: Sequ
     collapse = collapse or (lambda run: run)
     points = []
     for depth in usable_depths(first_stage, depths):
-        reranked = collapse(rerank_at_depth(first_stage, rerank_scores, depth))
+        reranked = collapse(rerank_at_depth(first_stage, rerank_scores, depth, interpolation))
         quality = evaluate_run(qrels, reranked, (measure,), rel)[measure]
         head = collapse({qid: {doc: candidates[doc] for doc in ranked(candidates)[:depth]}
                          for qid, candidates in first_stage.items()})

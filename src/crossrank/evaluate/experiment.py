@@ -2,9 +2,11 @@
 baseline, a rerank depth curve, failure analysis, and every run written in TREC format.
 
 The pipeline's own stages do all ranking: first stages (FromRun / Retrieve / Fuse) run once each and are
-shared by every reranker on top; a reranker (the pipeline's Rerank stage) scores each query's top D candidates
+shared by every reranker on top; a model (the pipeline's Rerank stage) scores each query's top D candidates
 once, D being the deepest point any table or curve needs — a pair's score does not depend on how many other
-candidates it is ranked with, so depth k keeps the first stage's top k ordered by those scores.
+candidates it is ranked with, so depth k keeps the first stage's top k ordered by those scores. A `ce+` row
+reuses its model's `ce` pass and interpolates it with the first stage's scores over each depth's top k, exactly
+as the Rerank stage does with the model's shipped weight.
 
 Cost is measured, not derived: a first stage's ms/query is its batch pass divided by the number of queries;
 a reranker's is the median latency of single-query calls (the serving case) on `timing_queries` queries at
@@ -29,7 +31,7 @@ from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, re
 from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
-from crossrank.evaluate.systems import SystemSpec
+from crossrank.evaluate.systems import SystemSpec, scorer_of, shipped_interpolation
 from crossrank.model.cross_encoder import PairScores
 from crossrank.pipeline import Pipeline, Rerank, Stage
 from crossrank.types import Candidate, Document, Query
@@ -134,7 +136,7 @@ class ExperimentResult:
 
 
 def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace(">>", "__")).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name.replace(">>", "__")).strip("_")  # "+": ce and ce+ differ
 
 
 @dataclass
@@ -161,7 +163,8 @@ class Experiment:
     """Run pipeline specs over one split: `Experiment(dataset, first_stages, scorers, config).run(specs)`.
 
     `first_stages` maps a first-stage name ("run", "bm25", ...) to the Stage/Pipeline that produces it;
-    `scorers` maps a reranker name ("ce", "ce:NAME", "bi") to what the Rerank stage scores with.
+    `scorers` maps a reranker name ("ce", "ce:NAME", "bi") to what the Rerank stage scores with; `ce+` and
+    `ce+:NAME` rows use the scorer of `ce` and `ce:NAME`.
     """
 
     def __init__(self, dataset: BeirDataset, first_stages: Mapping[str, Stage | Pipeline],
@@ -177,6 +180,7 @@ class Experiment:
         if not self.queries:
             raise ValueError(f"{dataset.name}:{dataset.split} has no judged queries with text")
         self._first: dict[str, FirstStageOutput] = {}
+        self._scores: dict[tuple[str, str], tuple[int, Run]] = {}  # (scorer, first stage) → (depth, scores)
         self._timings: dict[tuple[str, str, int], float] = {}
 
     def first_stage(self, name: str) -> FirstStageOutput:
@@ -195,9 +199,22 @@ class Experiment:
             self._first[name] = FirstStageOutput(candidates, run, ms)
         return self._first[name]
 
-    def score(self, reranker: str, first: FirstStageOutput, depth: int) -> Run:
-        """The reranker's score for each query's top `depth` first-stage candidates (one Rerank pass)."""
-        stage = Rerank(self.scorers[reranker], k=depth, name=reranker)
+    def rerank_stage(self, reranker: str, depth: int) -> Rerank:
+        """The Rerank stage a reranker name stands for: `ce+` with the weight its model ships, the others by
+        their own score alone."""
+        scorer = self.scorers[scorer_of(reranker)]
+        interpolation = shipped_interpolation(reranker, scorer)
+        return Rerank(scorer, k=depth, name=reranker,
+                      first_stage_weight=None if interpolation is None else interpolation.weight)
+
+    def score(self, scorer: str, first_name: str, depth: int) -> Run:
+        """The scorer's own score for each query's top `depth` first-stage candidates: one Rerank pass, kept, so
+        a model's `ce` and `ce+` rows (and shallower asks) share it."""
+        cached = self._scores.get((scorer, first_name))
+        if cached is not None and cached[0] >= depth:
+            return cached[1]
+        first = self.first_stage(first_name)
+        stage = Rerank(self.scorers[scorer], k=depth, name=scorer, first_stage_weight=None)
         queries, lists = [], []
         for query in self.queries:
             by_id = {c.id: c for c in first.candidates.get(query.id, [])}
@@ -205,13 +222,14 @@ class Experiment:
             lists.append([by_id[cid] for cid in ranked(first.run.get(query.id, {}))[:depth]])
         scores: Run = {}
         step = self.config.query_batch
-        with tqdm(total=sum(map(len, lists)), unit="pair", desc=f"rerank {reranker}@{depth}",
+        with tqdm(total=sum(map(len, lists)), unit="pair", desc=f"rerank {scorer}@{depth}",
                   disable=not self.progress) as bar:
             for start in range(0, len(queries), step):
                 results = Pipeline([stage]).run(queries[start:start + step], lists[start:start + step])
                 for result in results:
-                    scores[result.query.id] = {c.id: c.scores[reranker] for c in result.candidates}
+                    scores[result.query.id] = {c.id: c.scores[scorer] for c in result.candidates}
                 bar.update(sum(map(len, lists[start:start + step])))
+        self._scores[(scorer, first_name)] = (depth, scores)
         return scores
 
     def latency(self, spec: SystemSpec, depth: int) -> float:
@@ -227,7 +245,7 @@ class Experiment:
         return self._timings[key]
 
     def _measure_rerank(self, reranker: str, first: FirstStageOutput, depth: int) -> float:
-        stage = Rerank(self.scorers[reranker], k=depth, name=reranker)
+        stage = self.rerank_stage(reranker, depth)
         sample = self.queries[: self.config.timing_queries]
         lists = [[c for c in first.candidates.get(q.id, [])][:depth] for q in sample]
         Pipeline([stage]).run(sample[:1], lists[:1])  # warm-up: first call pays session set-up
@@ -245,8 +263,12 @@ class Experiment:
         if baseline not in [spec.name for spec in specs]:
             raise ValueError(f"baseline {baseline!r} is not among the pipelines {[s.name for s in specs]}")
         for spec in specs:
-            if spec.reranker is not None and spec.reranker not in self.scorers:
-                raise ValueError(f"pipeline {spec.name}: no reranker {spec.reranker!r}; have {sorted(self.scorers)}")
+            if spec.reranker is None:
+                continue
+            if scorer_of(spec.reranker) not in self.scorers:
+                raise ValueError(f"pipeline {spec.name}: no reranker {scorer_of(spec.reranker)!r}; have "
+                                 f"{sorted(self.scorers)}")
+            shipped_interpolation(spec.reranker, self.scorers[scorer_of(spec.reranker)])  # ce+ needs fusion.json
         curve_spec = self._curve_spec(specs)
         notes: list[str] = []
         systems: list[SystemResult] = []
@@ -263,14 +285,15 @@ class Experiment:
                 continue
             depths = usable_depths(first.run, config.depths) if spec == curve_spec and config.curve else []
             score_depth = max([config.depth, *depths])
-            scores = self.score(spec.reranker, first, score_depth)
-            run = _doc_run(rerank_at_depth(first.run, scores, config.depth), first.candidates)
+            scores = self.score(scorer_of(spec.reranker), spec.first, score_depth)
+            interpolation = self.rerank_stage(spec.reranker, config.depth).interpolation
+            run = _doc_run(rerank_at_depth(first.run, scores, config.depth, interpolation), first.candidates)
             system = self._system(spec, run, self.latency(spec, config.depth), rel)
             systems.append(system)
             if depths:
                 curve = depth_curve(qrels, first.run, scores, depths, config.primary, rel,
                                     lambda k, s=spec: self.latency(s, k),
-                                    lambda r, f=first: _doc_run(r, f.candidates))
+                                    lambda r, f=first: _doc_run(r, f.candidates), interpolation)
             failures.append(analyse(
                 qrels, self.dataset.all_queries, self.dataset.corpus, first_doc_run, run, first_values[spec.first],
                 system.per_query[config.primary], system=spec.name, baseline=spec.first, measure=config.primary,
@@ -294,7 +317,7 @@ class Experiment:
         values = per_query(self.qrels, run, self.config.measures, rel)
         description = repr(self.first_stages[spec.first])
         if spec.reranker is not None:
-            description += f" >> Rerank({self.scorers[spec.reranker].name!r}, k={self.config.depth})"
+            description += f" >> {self.rerank_stage(spec.reranker, self.config.depth)!r}"
         return SystemResult(spec.name, description, run, values, aggregate(values),
                             {m: confidence_interval(list(v.values())) for m, v in values.items()}, ms,
                             spec.first if spec.reranker else None)

@@ -2,9 +2,11 @@
 pipeline's own stage objects (FromRun / Retrieve / Fuse for the first stage, Rerank for the second).
 
 Spec grammar: FIRST[>>RERANKER]. FIRST is `run` (a given TREC run), `bm25`, `dense` or `hybrid` (bm25 ∪ dense,
-reciprocal rank fusion). RERANKER is `ce` (the cross-encoder given by --model; with several models,
-`ce:NAME` picks one by its directory name) or `bi` (the bi-encoder's cosine over the same candidates, a
-reference row that tells how much the cross-encoder adds over the dense model it is often compared to).
+reciprocal rank fusion). RERANKER is `ce` (the cross-encoder given by --model, by its logit alone; with several
+models, `ce:NAME` picks one by its directory name), `ce+` / `ce+:NAME` (the same model interpolated with the first
+stage's z-scored score at the weight it ships in fusion.json, so `ce` and `ce+` rows show what keeping the first
+stage's evidence adds), or `bi` (the bi-encoder's cosine over the same candidates, a reference row that tells how
+much the cross-encoder adds over the dense model it is often compared to).
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import numpy as np
 
 from crossrank.model.cross_encoder import PairScores
 from crossrank.model.embedding import BiEncoder
+from crossrank.model.interpolation import FUSION_FILE, FirstStageInterpolation
 from crossrank.types import Document
 
 FIRST_STAGES = ("run", "bm25", "dense", "hybrid")
-RERANKERS = ("ce", "bi")
+RERANKERS = ("ce", "ce+", "bi")
 
 
 @dataclass(frozen=True)
 class SystemSpec:
     first: str
-    reranker: str | None = None  # "ce", "ce:NAME" or "bi"
+    reranker: str | None = None  # "ce", "ce:NAME", "ce+", "ce+:NAME" or "bi"
 
     @classmethod
     def parse(cls, text: str) -> SystemSpec:
@@ -36,12 +39,37 @@ class SystemSpec:
         if first not in FIRST_STAGES:
             raise ValueError(f"pipeline {text!r}: first stage must be one of {FIRST_STAGES}, got {first!r}")
         if reranker is not None and reranker.split(":", 1)[0] not in RERANKERS:
-            raise ValueError(f"pipeline {text!r}: reranker must be one of {RERANKERS} (or ce:NAME), got {reranker!r}")
+            raise ValueError(f"pipeline {text!r}: reranker must be one of {RERANKERS} (or ce:NAME, ce+:NAME), "
+                             f"got {reranker!r}")
         return cls(first, reranker)
 
     @property
     def name(self) -> str:
         return self.first if self.reranker is None else f"{self.first}>>{self.reranker}"
+
+
+def interpolated(reranker: str) -> str:
+    """The `ce+` name of a cross-encoder: "ce" → "ce+", "ce:NAME" → "ce+:NAME"."""
+    return "ce+" + reranker.removeprefix("ce")
+
+
+def scorer_of(reranker: str) -> str:
+    """The scorer a reranker runs: `ce+` and `ce+:NAME` score with the models of `ce` and `ce:NAME`."""
+    return "ce" + reranker.removeprefix("ce+") if reranker.startswith("ce+") else reranker
+
+
+def shipped_interpolation(reranker: str, scorer: object) -> FirstStageInterpolation | None:
+    """What a reranker mixes in of the first stage: the model's fusion.json for `ce+`; nothing for `ce` and `bi`,
+    which rank by their own score (so a `ce` row stays the plain cross-encoder even when the model ships one)."""
+    if not reranker.startswith("ce+"):
+        return None
+    interpolation = getattr(scorer, "interpolation", None)
+    if interpolation is None:
+        name = getattr(scorer, "name", scorer)
+        raise ValueError(f"reranker {reranker!r} interpolates with the first-stage weight the model ships as "
+                         f"{FUSION_FILE}, and {name!r} has no {FUSION_FILE}: use {scorer_of(reranker)!r} (the "
+                         "cross-encoder alone), or fit one with crossrank.model.interpolation.fit_weight and save it")
+    return interpolation
 
 
 def parse_pipelines(specs: str | Sequence[str]) -> list[SystemSpec]:

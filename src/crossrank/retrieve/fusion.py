@@ -2,11 +2,14 @@
 
 Both take, per source ("bm25", "dense", ...), a mapping from item id to that source's rank or raw score for ONE
 query, and return item id → fused score. An item a source did not return simply gets nothing from it.
+`zscore` is the per-query normalisation shared with the reranker's first-stage interpolation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 RRF_K = 60
 NORMALIZATIONS = ("minmax", "zscore")
@@ -39,6 +42,15 @@ def reciprocal_rank_fusion(ranks: Mapping[str, Mapping[str, int]], k: int = RRF_
     return fused
 
 
+def zscore(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """(x − mean) / std over one query's scores, so scores on different scales can be added; a list whose
+    values are all equal (or empty) carries no ordering and maps to 0s."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or np.ptp(values) == 0:
+        return np.zeros_like(values)
+    return (values - values.mean()) / values.std()
+
+
 def normalize(scores: Mapping[str, float], method: str = "minmax") -> dict[str, float]:
     """Per-query normalisation so sources on different scales can be added: min-max to [0, 1], or z-scores."""
     if method not in NORMALIZATIONS:
@@ -50,9 +62,7 @@ def normalize(scores: Mapping[str, float], method: str = "minmax") -> dict[str, 
         low, high = min(values), max(values)
         span = high - low
         return {item: (value - low) / span if span > 0 else 1.0 for item, value in scores.items()}
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return {item: (value - mean) / std if std > 0 else 0.0 for item, value in scores.items()}
+    return dict(zip(scores, zscore(values).tolist(), strict=True))
 
 
 def weighted_fusion(scores: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None = None,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 
 from crossrank.model.cross_encoder import PairScores
+from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.server.auth import require_api_key
 from crossrank.server.batcher import MicroBatcher
 from crossrank.server.schemas import (
@@ -34,10 +35,12 @@ IndexName = PathParam(pattern=INDEX_NAME, description="Index name (letters, digi
 
 class BatchedModel:
     """Stands in for a CrossEncoder in the pipeline's Rerank stage (which calls `score` from a worker thread),
-    routing the pairs through the server's micro-batcher on the event loop."""
+    routing the pairs through the server's micro-batcher on the event loop; `interpolation` is the loaded
+    model's shipped first-stage weight, the Rerank stage's default."""
 
-    def __init__(self, batcher: MicroBatcher, loop: asyncio.AbstractEventLoop, name: str) -> None:
-        self.batcher, self.loop, self.name = batcher, loop, name
+    def __init__(self, batcher: MicroBatcher, loop: asyncio.AbstractEventLoop, name: str,
+                 interpolation: FirstStageInterpolation | None) -> None:
+        self.batcher, self.loop, self.name, self.interpolation = batcher, loop, name, interpolation
 
     def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores:
         texts = [document.content for document in documents]
@@ -132,8 +135,10 @@ def index_router() -> APIRouter:
             stages.append(Fuse("rrf", sources=names))
         if body.rerank_k:
             app = request.app
-            model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name))
-            stages.append(Rerank(model, k=body.rerank_k))  # type: ignore[arg-type]
+            model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
+                                 getattr(app.state.scorer, "interpolation", None))
+            weight = "model" if body.first_stage_weight is None else body.first_stage_weight
+            stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))  # type: ignore[arg-type]
         pipeline = Pipeline([*stages, Cut(body.k)])
         result = await blocking(pipeline.search, body.query, body.filters)
         out = result.to_dict()

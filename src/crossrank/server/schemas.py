@@ -146,6 +146,9 @@ class SearchRequest(BaseModel):
     retrievers: list[str] | None = Field(None, min_length=1, description="bm25 and/or dense (default: all).")
     first_k: int = Field(100, ge=1, le=10000, description="Candidates per retriever.")
     rerank_k: int = Field(50, ge=0, le=1000, description="Candidates the cross-encoder rescores (0: none).")
+    first_stage_weight: float | None = Field(
+        None, ge=0, lt=1, description="Weight of the first stage's z-scored score in the final score (default: the "
+                                      "model's fusion.json; 0: the cross-encoder alone).")
     explain: bool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.types import Document
 
 
@@ -51,6 +52,11 @@ class EncoderScorer:
     @property
     def name(self) -> str:
         return self.encoder.name
+
+    @property
+    def interpolation(self) -> FirstStageInterpolation | None:
+        """The model's shipped first-stage weight, which /search applies by default."""
+        return self.encoder.interpolation
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str],
                  token_caps: Sequence[int | None]) -> ScoredPairs:
