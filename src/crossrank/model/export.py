@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from crossrank.model.checkpoint import Checkpoint, cache_dir
+from crossrank.model.gated import is_gated
 from crossrank.model.graphs import Head, build_graph, input_names
 
 Quantize = Literal["int8"] | None
@@ -78,7 +79,7 @@ def _atomic_target(target: Path) -> Iterator[Path]:
 def _export_fp32(checkpoint: Checkpoint, head: Head, target: Path) -> None:
     log.info("exporting %s (%s) to ONNX", checkpoint.path, head)
     graph = build_graph(checkpoint, head)
-    if hasattr(graph.model, "set_attn_implementation"):
+    if hasattr(getattr(graph, "model", None), "set_attn_implementation"):
         # Traced SDPA attention (transformers' default) hides the pattern ONNX Runtime's fusion matches, leaving
         # attention as ~20 unfused ops a layer; the eager path fuses into one Attention kernel, same numbers.
         graph.model.set_attn_implementation("eager")
@@ -121,7 +122,8 @@ def _fuse_transformer_ops(source: Path, target: Path, checkpoint: Checkpoint) ->
     optimized.save_model_to_file(str(target))
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     layers = int(config.get("num_hidden_layers", 0))
-    if fused.get("Attention", 0) < layers:
+    # The gated cross-encoder's two-pattern attention has no fused kernel; its projections and FFN still fuse.
+    if not is_gated(config) and fused.get("Attention", 0) < layers:
         log.warning("%s: attention fused in %d of %d layers; the ONNX graph will be slow",
                     checkpoint.path, fused.get("Attention", 0), layers)
     return fused

@@ -1,4 +1,5 @@
-"""The torch modules crossrank runs and exports: a relevance-logit graph and a mean-pooled embedding graph.
+"""The torch modules crossrank runs and exports: a relevance-logit graph (a transformers sequence classifier,
+or crossrank's gated cross-encoder) and a mean-pooled embedding graph.
 
 Both take (input_ids, attention_mask[, token_type_ids]) and return one float tensor, so the torch and ONNX
 backends are interchangeable behind the same three inputs.
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from crossrank.model.checkpoint import Checkpoint
+from crossrank.model.gated import GatedCrossEncoder, is_gated
 
 Head = Literal["classification", "embedding"]
 
@@ -52,6 +54,8 @@ def input_names(graph: nn.Module) -> list[str]:
 
 
 def build_graph(checkpoint: Checkpoint, head: Head) -> nn.Module:
+    if head == "classification" and is_gated(checkpoint.config):
+        return GatedCrossEncoder.from_checkpoint(checkpoint.path)
     model = checkpoint.load_torch(head)
     accepts = "token_type_ids" in inspect.signature(model.forward).parameters
     uses_token_types = accepts and int(checkpoint.config.get("type_vocab_size", 0)) > 1

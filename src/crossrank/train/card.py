@@ -24,19 +24,20 @@ DATA_TERMS = {
 
 
 def fit_calibration(model_dir: Path, lists: Sequence[RankingList], rel: int = 1, method: str = "platt",
-                    backend: str = "torch") -> Calibrator:
-    """Score dev lists with the engine and fit the calibrator on (logit, label ≥ rel); saves calibration.json."""
-    from crossrank.model.cross_encoder import CrossEncoder
-    from crossrank.types import Document
-
-    labelled = [item for item in lists if item.labels is not None]
+                    backend: str = "torch", scores: Sequence[np.ndarray] | None = None) -> Calibrator:
+    """Fit the calibrator on (logit, label ≥ rel) of labelled lists, scored by the engine unless `scores` (one
+    array per list, as `CrossEncoderTeacher.score_lists` returns) are given; saves calibration.json."""
+    labelled = [i for i, item in enumerate(lists) if item.labels is not None]
     if not labelled:
         raise ValueError("calibration needs dev lists with labels")
-    model = CrossEncoder.from_pretrained(model_dir, backend=backend)
-    queries = [item.query for item in labelled for _ in item.documents]
-    documents = [Document(text) for item in labelled for text in item.documents]
-    logits = model.score(queries, documents).logits
-    labels = np.concatenate([item.labels >= rel for item in labelled])
+    if scores is None:
+        from crossrank.train.teacher import CrossEncoderTeacher
+
+        scores = CrossEncoderTeacher(model_dir, backend, progress=False).score_lists([lists[i] for i in labelled])
+    else:
+        scores = [scores[i] for i in labelled]
+    logits = np.concatenate(list(scores))
+    labels = np.concatenate([lists[i].labels >= rel for i in labelled])
     calibrator = Calibrator.fit(logits, labels, method)  # type: ignore[arg-type]
     calibrator.save(Path(model_dir))
     return calibrator

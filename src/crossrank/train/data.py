@@ -13,7 +13,7 @@ import random
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ from crossrank.types import Document
 @dataclass
 class RankingList:
     """A query and its candidates. `labels` are graded judgments (0 = unjudged/negative), `teacher` a teacher's
-    logits, `first_stage` the retriever's scores; any of the three may be absent (None)."""
+    logits, `first_stage` the retriever's scores; any of the three may be absent (None). `signals` holds each
+    named teacher's raw scores (the ensemble's inputs, cached so weights can be refitted without rescoring)."""
 
     query: str
     documents: list[str]
@@ -36,6 +37,7 @@ class RankingList:
     source: str = ""
     query_id: str = ""
     document_ids: list[str] | None = None
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.query.strip():
@@ -49,6 +51,11 @@ class RankingList:
                 if value.shape != (len(self.documents),):
                     raise ValueError(f"{name} has shape {value.shape}, expected ({len(self.documents)},)")
                 setattr(self, name, value)
+        for name, value in list(self.signals.items()):
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != (len(self.documents),):
+                raise ValueError(f"signal {name!r} has shape {value.shape}, expected ({len(self.documents)},)")
+            self.signals[name] = value
 
 
 def document_text(document: Document) -> str:
@@ -200,6 +207,8 @@ def save_lists(lists: Iterable[RankingList], path: Path) -> Path:
                 value = getattr(item, name)
                 if value is not None:
                     row[name] = [round(float(v), 4) for v in value]
+            if item.signals:
+                row["signals"] = {name: [round(float(v), 5) for v in value] for name, value in item.signals.items()}
             handle.write(json.dumps(row) + "\n")
     return path
 
@@ -212,7 +221,8 @@ def load_lists(path: Path) -> list[RankingList]:
         return [RankingList(query=texts[row["q"]], documents=[texts[i] for i in row["d"]],
                             labels=row.get("labels"), teacher=row.get("teacher"),
                             first_stage=row.get("first_stage"), source=row.get("s", ""),
-                            query_id=row.get("qid", ""), document_ids=row.get("ids"))
+                            query_id=row.get("qid", ""), document_ids=row.get("ids"),
+                            signals=row.get("signals", {}))
                 for row in map(json.loads, handle)]
 
 

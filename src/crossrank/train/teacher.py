@@ -1,4 +1,5 @@
-"""Teacher scores for distillation: the bi-encoder's cosine, optionally fused with the first stage (z-scores).
+"""Teacher scores for distillation: the bi-encoder's cosine, optionally fused with the first stage (z-scores),
+and a cross-encoder's logits as the engine computes them (the current model as a teacher, calibration lists).
 
 The bi-encoder is the engine's own embedding graph (mean-pooled, normalised MiniLM) run with torch on any
 device, so the teacher of a GPU job and of a CPU run is the same model. Unique texts are embedded once.
@@ -16,6 +17,7 @@ from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, bi_encoder_path
 from crossrank.model.graphs import build_graph, input_names
 from crossrank.model.tokenization import TextEncoder, load_tokenizer
+from crossrank.retrieve.fusion import zscore
 from crossrank.train.data import RankingList
 
 
@@ -50,11 +52,6 @@ class BiEncoderTeacher:
         return [embeddings[[table[d] for d in item.documents]] @ embeddings[table[item.query]] for item in lists]
 
 
-def zscore(values: np.ndarray) -> np.ndarray:
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 1e-6 else np.zeros_like(values)
-
-
 def fuse(cosine: np.ndarray, first_stage: np.ndarray | None, weight: float) -> np.ndarray:
     """z(cos) fused with z(first stage) at `weight` (0 = bi-encoder only); the probes found 0.2 best on DL20."""
     if first_stage is None or weight == 0:
@@ -66,3 +63,22 @@ def attach_teacher(lists: Sequence[RankingList], teacher: BiEncoderTeacher) -> N
     """Set every list's `teacher` to the bi-encoder cosine (in place); the trainer fuses it with the first stage."""
     for item, cosine in zip(lists, teacher.score_lists(lists), strict=True):
         item.teacher = cosine.astype(np.float32)
+
+
+class CrossEncoderTeacher:
+    """A cross-encoder as a teacher: its logits as the engine computes them at search time (windows included)."""
+
+    def __init__(self, path: str | os.PathLike[str], backend: str = "onnx", progress: bool = True) -> None:
+        from crossrank.model.cross_encoder import CrossEncoder
+
+        self.model = CrossEncoder.from_pretrained(path, backend=backend)  # type: ignore[arg-type]
+        self.progress = progress
+
+    def score_lists(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
+        from crossrank.types import Document
+
+        queries = [item.query for item in lists for _ in item.documents]
+        documents = [Document(text=text) for item in lists for text in item.documents]
+        logits = self.model.score(queries, documents, show_progress_bar=self.progress).logits
+        bounds = np.cumsum([0] + [len(item.documents) for item in lists])
+        return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

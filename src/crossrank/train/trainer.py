@@ -21,21 +21,28 @@ import torch
 from tqdm.auto import tqdm
 
 from crossrank.evaluate.datasets import BeirDataset, Qrels, Run
-from crossrank.model.batching import iter_batches, pad_batch
+from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
+from crossrank.model.gated import GatedCrossEncoder, is_gated, write_pair_tokenizer
+from crossrank.model.graphs import ClassificationGraph
 from crossrank.model.tokenization import PairEncoder, load_tokenizer
 from crossrank.train.data import RankingList, candidate_lists
 from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
 from crossrank.train.teacher import fuse
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-HEAD_PREFIXES = ("classifier.", "bert.pooler.", "pooler.")
+# Parameters that start at zero or at a fixed constant and need a larger step than the pretrained body.
+HEAD_PREFIXES = ("model.classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.", "log_scale", "cross_gates")
+ARCHITECTURES = ("auto", "gated", "classifier")
 
 
 @dataclass
 class TrainConfig:
     base: str = "minilm"
+    architecture: str = "auto"
+    gradient_checkpointing: bool = False
     max_length: int = 256
+    batch_tokens: int = 8192
     group_size: int = 16
     lists_per_step: int = 32
     labelled_fraction: float = 0.25
@@ -64,9 +71,11 @@ class TrainConfig:
             raise ValueError(f"label_loss must be one of {sorted(LABEL_LOSSES)} or None, got {self.label_loss!r}")
         if self.teacher_loss is not None and self.teacher_loss not in TEACHER_LOSSES:
             raise ValueError(f"teacher_loss must be one of {sorted(TEACHER_LOSSES)} or None, got {self.teacher_loss!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.label_loss is None and self.teacher_loss is None:
             raise ValueError("at least one of label_loss and teacher_loss is needed")
-        for name in ("group_size", "lists_per_step", "steps", "grad_accum", "eval_every", "max_length"):
+        for name in ("group_size", "lists_per_step", "steps", "grad_accum", "eval_every", "max_length", "batch_tokens"):
             if getattr(self, name) < 1 or (name == "group_size" and self.group_size < 2):
                 raise ValueError(f"{name} must be positive (group_size at least 2), got {getattr(self, name)}")
         if not 0 <= self.labelled_fraction <= 1 or not 0 <= self.warmup < 1:
@@ -118,18 +127,38 @@ def _cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def load_student(base: str):  # noqa: ANN201 - a transformers model
-    """A one-logit sequence classifier: the base as is when it already is one, else its body with a new head."""
+def load_student(base: str, architecture: str = "auto") -> tuple[Checkpoint, torch.nn.Module]:
+    """The student as a module returning [batch, 1] logits.
+
+    "gated": the gated cross-encoder, continued from a gated checkpoint or started from a bi-encoder's weights
+    (scoring exactly as the bi-encoder at step 0). "classifier": a one-logit transformers sequence classifier,
+    the base as is when it already is one, else its body with a new head. "auto": classifier when the base is a
+    sequence classifier, else gated.
+    """
     from transformers import AutoModelForSequenceClassification
 
     checkpoint = Checkpoint.open(resolve_model_path(base))
+    if architecture == "auto":
+        classifier = any(name.endswith("ForSequenceClassification")
+                         for name in checkpoint.config.get("architectures") or [])
+        architecture = "classifier" if classifier and not is_gated(checkpoint.config) else "gated"
+    if architecture == "gated":
+        if is_gated(checkpoint.config):
+            return checkpoint, GatedCrossEncoder.from_checkpoint(checkpoint.path)
+        return checkpoint, GatedCrossEncoder.from_bi_encoder(checkpoint.path)
+    if is_gated(checkpoint.config):
+        raise ValueError(f"{checkpoint.path} is a gated cross-encoder; train it with architecture='gated'")
     model = AutoModelForSequenceClassification.from_pretrained(
         str(checkpoint.path), num_labels=1, dtype=torch.float32, local_files_only=True)
-    return checkpoint, model
+    uses_token_types = int(checkpoint.config.get("type_vocab_size", 0)) > 1
+    return checkpoint, ClassificationGraph(model, uses_token_types)
 
 
-def save_checkpoint(model: torch.nn.Module, base: Path, out: Path, max_length: int) -> Path:
-    """fp16 safetensors + config + tokenizer files, model_max_length set to the trained length."""
+def save_checkpoint(student: torch.nn.Module, base: Path, out: Path, max_length: int) -> Path:
+    """The engine's layout: fp16 safetensors + config + tokenizer files, model_max_length = the trained length."""
+    if isinstance(student, GatedCrossEncoder):
+        return student.save(out, base, max_length)
+    model = student.model
     out.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
     model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
@@ -187,9 +216,15 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.checkpoint, self.model = load_student(config.base)
+        self.checkpoint, self.model = load_student(config.base, config.architecture)
         self.model.to(self.device)
-        tokenizer, self.pad_id = load_tokenizer(self.checkpoint.path)
+        if isinstance(self.model, GatedCrossEncoder):
+            self.model.gradient_checkpointing = config.gradient_checkpointing
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_pair_tokenizer(self.checkpoint.path, self.out, config.max_length)
+            tokenizer, self.pad_id = load_tokenizer(self.out)
+        else:
+            tokenizer, self.pad_id = load_tokenizer(self.checkpoint.path)
         self.pair_encoder = PairEncoder(tokenizer, config.max_length, long_documents="truncate", window_overlap=0)
         head = [p for n, p in self.model.named_parameters() if n.startswith(HEAD_PREFIXES)]
         body = [p for n, p in self.model.named_parameters() if not n.startswith(HEAD_PREFIXES)]
@@ -247,15 +282,20 @@ class Trainer:
                     fused = fuse(item.teacher, item.first_stage, config.first_stage_weight)
                     teacher[row, : len(group)] = fused[group]
                     has_teacher[row] = True
-            yield {"inputs": pad_batch(rows, self.pad_id), "mask": mask, "labels": labels, "teacher": teacher,
+            # Length-sorted micro-batches under a token budget: short pairs are not padded to the step's longest.
+            micro = list(iter_batches(rows, config.batch_tokens, self.pad_id))
+            yield {"micro_batches": micro, "rows": len(rows), "mask": mask, "labels": labels, "teacher": teacher,
                    "has_labels": has_labels, "has_teacher": has_teacher}
 
     def _loss(self, batch: dict) -> torch.Tensor:
         config, device = self.config, self.device
-        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch["inputs"].items()}
         mask = torch.from_numpy(batch["mask"]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            flat = self.model(**inputs).logits[:, 0].float()
+        flat = torch.zeros(batch["rows"], device=device)
+        for indices, arrays in batch["micro_batches"]:
+            inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(**inputs)[:, 0].float()
+            flat = flat.index_put((torch.from_numpy(indices).to(device),), logits)
         logits = torch.zeros(mask.shape, device=device, dtype=flat.dtype).masked_scatter(mask, flat)
         loss = logits.sum() * 0.0
         rows = torch.from_numpy(batch["has_labels"]).to(device)
@@ -281,7 +321,7 @@ class Trainer:
         for indices, batch in iter_batches(rows, batch_tokens, self.pad_id):
             inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                flat[indices] = self.model(**inputs).logits[:, 0].float().cpu().numpy()
+                flat[indices] = self.model(**inputs)[:, 0].float().cpu().numpy()
         self.model.train()
         bounds = np.cumsum([0] + [len(item.documents) for item in lists])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -1,0 +1,131 @@
+"""The gated cross-encoder: step-0 equality with the bi-encoder on real weights, the gates' effect, the
+checkpoint round trip, torch/ONNX/int8 parity, and training it through the trainer's distillation branch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import copy_tokenizer
+
+from crossrank.model.checkpoint import Checkpoint
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.gated import GatedCrossEncoder, is_gated
+from crossrank.model.tokenization import load_tokenizer
+
+QUERIES = ["what is the capital of france", "how do vaccines work", "what is the capital of france"]
+DOCUMENTS = ["Paris is the capital and largest city of France.",
+             "Vaccines train the immune system to recognise a pathogen before an infection.",
+             "The mitochondrion is the powerhouse of the cell."]
+
+
+def _tiny_bi_encoder(target):  # noqa: ANN001, ANN202
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    target.mkdir(parents=True, exist_ok=True)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(target)
+    copy_tokenizer(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def tiny_gated_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A tiny gated checkpoint with open gates and a non-zero [CLS] term, so every part of the graph counts."""
+    root = tmp_path_factory.mktemp("gated")
+    source = _tiny_bi_encoder(root / "bi")
+    model = GatedCrossEncoder.from_bi_encoder(source)
+    with torch.no_grad():
+        model.cross_gates.uniform_(0.2, 0.9)
+        model.cls_head.weight.normal_(0, 0.5)
+    model.save(root / "gated", source, max_length=128)
+    return root / "gated"
+
+
+def _scores(model: GatedCrossEncoder, model_dir, queries, documents) -> np.ndarray:  # noqa: ANN001
+    from crossrank.model.batching import pad_batch
+    from crossrank.model.tokenization import PairEncoder
+
+    tokenizer, pad = load_tokenizer(model_dir)
+    rows, _ = PairEncoder(tokenizer, 128).encode(queries, documents)
+    batch = pad_batch(rows, pad)
+    with torch.inference_mode():
+        return model(**{name: torch.from_numpy(value) for name, value in batch.items()})[:, 0].numpy()
+
+
+@pytest.mark.slow
+def test_step_zero_scores_are_the_bi_encoders_cosine(minilm_dir, tmp_path) -> None:  # noqa: ANN001
+    from crossrank.model.embedding import BiEncoder
+
+    model = GatedCrossEncoder.from_bi_encoder(minilm_dir)
+    from crossrank.model.gated import write_pair_tokenizer
+
+    write_pair_tokenizer(minilm_dir, tmp_path, 256)
+    scores = _scores(model, tmp_path, QUERIES, DOCUMENTS) / model.log_scale.exp().item()
+    encoder = BiEncoder.from_pretrained(minilm_dir, backend="torch")
+    cosine = np.einsum("ij,ij->i", encoder.encode(QUERIES), encoder.encode(DOCUMENTS))
+    np.testing.assert_allclose(scores, cosine, atol=1e-4)
+    assert scores[0] > scores[2]  # and it ranks as the bi-encoder does: Paris over mitochondria
+
+
+def test_closed_gates_score_as_the_bi_encoder_and_open_gates_do_not(tiny_gated_dir) -> None:  # noqa: ANN001
+    from crossrank.model.embedding import BiEncoder
+
+    model = GatedCrossEncoder.from_checkpoint(tiny_gated_dir)
+    opened = _scores(model, tiny_gated_dir, QUERIES, DOCUMENTS)
+    with torch.no_grad():
+        model.cross_gates.zero_()
+        model.cls_head.weight.zero_()
+    closed = _scores(model, tiny_gated_dir, QUERIES, DOCUMENTS) / model.log_scale.exp().item()
+    encoder = BiEncoder.from_pretrained(tiny_gated_dir.parent / "bi", backend="torch")
+    cosine = np.einsum("ij,ij->i", encoder.encode(QUERIES), encoder.encode(DOCUMENTS))
+    np.testing.assert_allclose(closed, cosine, atol=1e-3)  # the saved checkpoint is fp16
+    assert not np.allclose(opened / model.log_scale.exp().item(), cosine, atol=1e-2)
+
+
+def test_checkpoint_round_trip_and_engine_loading(tiny_gated_dir) -> None:  # noqa: ANN001
+    checkpoint = Checkpoint.open(tiny_gated_dir)
+    assert is_gated(checkpoint.config) and checkpoint.num_labels == 1
+    tokenizer, _ = load_tokenizer(tiny_gated_dir)
+    encoding = tokenizer.encode("a question", "a passage")
+    assert encoding.tokens.count("[CLS]") == 2 and encoding.type_ids[-1] == 1
+    engine = CrossEncoder.from_pretrained(tiny_gated_dir, backend="torch")
+    direct = _scores(GatedCrossEncoder.from_checkpoint(tiny_gated_dir), tiny_gated_dir, QUERIES, DOCUMENTS)
+    np.testing.assert_allclose(engine.predict(list(zip(QUERIES, DOCUMENTS, strict=True))), direct, atol=1e-5)
+
+
+def test_onnx_and_int8_match_torch(tiny_gated_dir) -> None:  # noqa: ANN001
+    pairs = list(zip(QUERIES, DOCUMENTS, strict=True)) + [("river", "boats carry cargo down the wide river " * 30)]
+    reference = CrossEncoder.from_pretrained(tiny_gated_dir, backend="torch").predict(pairs)
+    onnx = CrossEncoder.from_pretrained(tiny_gated_dir, backend="onnx").predict(pairs)
+    np.testing.assert_allclose(onnx, reference, atol=1e-4)
+    int8 = CrossEncoder.from_pretrained(tiny_gated_dir, backend="onnx", quantize="int8").predict(pairs)
+    np.testing.assert_allclose(int8, reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
+
+
+def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # noqa: ANN001
+    from crossrank.train.data import RankingList
+    from crossrank.train.trainer import Trainer, TrainConfig
+
+    source = _tiny_bi_encoder(tmp_path / "bi")
+    documents = ["apple orchard apples", "river boats", "mountain ropes", "apple pie", "river delta floods"]
+    teacher = np.array([3.0, -1.0, -2.0, 1.0, 0.0], dtype=np.float32)
+    lists = [RankingList(query="apple", documents=documents, teacher=teacher, query_id="q", document_ids=list("abcde"))]
+    config = TrainConfig(base=str(source), architecture="gated", label_loss=None, teacher_loss="kl", temperature=1.0,
+                         first_stage_weight=0.0, group_size=5, lists_per_step=2, steps=30, lr=1e-3, head_lr=1e-2,
+                         warmup=0.0, eval_every=30, device="cpu", bf16=False, max_length=128)
+    trainer = Trainer(config, lists, tmp_path / "out", log=lambda _: None)
+    before = trainer.score_lists(lists)[0]
+    trainer.train()
+    after = trainer.score_lists(lists)[0]
+
+    def agreement(scores: np.ndarray) -> float:
+        return float(np.corrcoef(scores, teacher)[0, 1])
+
+    assert agreement(after) > agreement(before)
+    assert trainer.model.cross_gates.abs().sum().item() > 0  # the gates learned to open
+    engine = CrossEncoder.from_pretrained(tmp_path / "out", backend="torch")
+    assert is_gated(engine.checkpoint.config)
+    np.testing.assert_allclose(engine.predict([("apple", d) for d in documents]), after, atol=0.05)
