@@ -69,3 +69,16 @@ def test_clear_errors(indexed: Path, tmp_path: Path, monkeypatch):
     assert "--no-rerank" in runner.invoke(app, cases["default model"]).output
     bad_filter = runner.invoke(app, ["search", str(indexed), "owls", "--no-rerank", "-f", "year"])
     assert bad_filter.exit_code == 2 and "FIELD=VALUE" in bad_filter.output
+
+
+def test_search_first_stage_weight(indexed: Path, tiny_model_with_fusion_dir: Path):
+    base = ["search", str(indexed), "hunting at night", "--retrievers", "bm25", "--model",
+            str(tiny_model_with_fusion_dir), "--explain"]
+    shipped = runner.invoke(app, base)
+    assert shipped.exit_code == 0, shipped.output
+    assert "rerank_interpolated=" in shipped.output and "rerank=" in shipped.output
+    alone = runner.invoke(app, [*base, "--first-stage-weight", "0"])
+    assert alone.exit_code == 0 and "rerank=" in alone.output and "rerank_interpolated" not in alone.output
+    for bad in ("1", "-0.5"):
+        result = runner.invoke(app, [*base, "--first-stage-weight", bad])
+        assert result.exit_code == 2 and "[0, 1)" in result.output and "Traceback" not in result.output

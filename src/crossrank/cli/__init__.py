@@ -1,5 +1,6 @@
 """The `crossrank` command: a thin shell over the library. One module per command group."""
 
+from crossrank.cli import adapt  # noqa: F401  (registers commands)
 from crossrank.cli import bench  # noqa: F401  (registers commands)
 from crossrank.cli import evaluate  # noqa: F401  (registers commands)
 from crossrank.cli import index  # noqa: F401  (registers commands)

@@ -30,8 +30,10 @@ def evaluate(
     run: Annotated[Path | None, typer.Option("--run", help="TREC run to rerank (the 'run' first stage).")] = None,
     pipelines: Annotated[str | None, typer.Option(
         help="Comma-separated FIRST[>>RERANKER]: first stages run, bm25, dense, hybrid; rerankers ce (the "
-             "--model cross-encoder; ce:NAME with several), bi (bi-encoder cosine). Default: run, run>>bi, "
-             "run>>ce with --run, else bm25, dense, hybrid, hybrid>>ce.")] = None,
+             "--model cross-encoder; ce:NAME with several), ce+ (the same, interpolated with the first stage at "
+             "the weight the model ships in fusion.json; ce+:NAME), bi (bi-encoder cosine). Default: run, run>>bi, "
+             "run>>ce with --run, else bm25, dense, hybrid, hybrid>>ce; plus the ce+ row when the model ships "
+             "fusion.json.")] = None,
     model: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="Cross-encoder checkpoint dir (repeatable). Default: the bundled model, if any.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
@@ -51,6 +53,7 @@ def evaluate(
         = None,
     curve: Annotated[bool, typer.Option(help="Compute the depth curve.")] = True,
     backend: Annotated[str, typer.Option(help="Model backend: onnx or torch.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")] = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
     from crossrank.evaluate.datasets import BeirDataset
@@ -64,7 +67,8 @@ def evaluate(
                                   baseline=baseline, permutations=permutations, timing_queries=timing_queries,
                                   rel=rel, curve=curve)
         result = run_evaluation(dataset, config, run=run, pipelines=pipelines, models=model or [],
-                                backend=backend, max_queries=max_queries, say=lambda text: typer.echo(text, err=True))
+                                backend=backend, quantize="int8" if int8 else None, max_queries=max_queries,
+                                say=lambda text: typer.echo(text, err=True))
     except (FileNotFoundError, ValueError, TypeError, EvaluationError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -47,6 +47,18 @@ def parse_filters(expressions: list[str]) -> dict[str, Any] | None:
     return filters or None
 
 
+def check_first_stage_weight(value: float | None) -> float | None:
+    """--first-stage-weight is checked where it is parsed, before any index or model is opened."""
+    if value is not None:
+        from crossrank.model.interpolation import FirstStageInterpolation
+
+        try:
+            FirstStageInterpolation(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 @app.command("index")
 def index_command(
     directory: Annotated[Path, typer.Argument(help="Index directory (created if missing).")],
@@ -102,15 +114,25 @@ def search(
     first_k: Annotated[int, typer.Option(help="Candidates per retriever.")] = 1000,
     rerank_k: Annotated[int, typer.Option(help="Candidates the cross-encoder reads.")] = 100,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Skip the cross-encoder.")] = False,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Cross-encoder dir (default: bundled).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Cross-encoder dir (default: the index's adapted model, else the bundled one).")] = None,
+    no_adapted: Annotated[bool, typer.Option(
+        "--no-adapted", help="Rerank with the bundled model even if the index has an adapted one.")] = False,
+    first_stage_weight: Annotated[float | None, typer.Option(
+        callback=check_first_stage_weight,
+        help="weight of the first stage's z-scored score in the final score; default: the model's fusion.json, "
+             "0 = cross-encoder alone")] = None,
     filters: Annotated[list[str] | None, typer.Option("--filter", "-f", help="FIELD=VALUE or FIELD>=VALUE ...")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print every stage's scores, ranks and timings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with results and trace.")] = False,
 ) -> None:
     """Search an index: BM25 + dense retrieval, fusion, cross-encoder reranking (unless --no-rerank)."""
     from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve, Stage
-    from crossrank.store import Index
+    from crossrank.store import Index, adapted_model
 
+    if model is None and not no_rerank and not no_adapted and (adapted := adapted_model(directory)) is not None:
+        model = str(adapted)
+        typer.echo(f"reranking with the index's adapted model {adapted} (--no-adapted: the bundled one)", err=True)
     names = [name.strip() for name in retrievers.split(",") if name.strip()]
     parsed_filters = parse_filters(filters or [])
     try:
@@ -121,7 +143,8 @@ def search(
         if not no_rerank:
             from crossrank.model.cross_encoder import CrossEncoder
 
-            stages.append(Rerank(CrossEncoder.from_pretrained(model), k=rerank_k))
+            stages.append(Rerank(CrossEncoder.from_pretrained(model), k=rerank_k,
+                                 first_stage_weight="model" if first_stage_weight is None else first_stage_weight))
         stages.append(Cut(k))
         result = Pipeline(stages).search(query, filters=parsed_filters)
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -3,12 +3,19 @@ default, loading the models and the cached corpus index only when a pipeline nee
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from crossrank.evaluate.datasets import BeirDataset, read_run
 from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult, PairScorer
-from crossrank.evaluate.systems import CosineScorer, SystemSpec, parse_pipelines
+from crossrank.evaluate.systems import (
+    CosineScorer,
+    SystemSpec,
+    interpolated,
+    parse_pipelines,
+    scorer_of,
+    shipped_interpolation,
+)
 from crossrank.model.checkpoint import CheckpointError
 from crossrank.pipeline import FromRun, Fuse, Pipeline, Retrieve, Stage
 
@@ -19,17 +26,19 @@ class EvaluationError(RuntimeError):
     """The requested evaluation cannot run as asked (a missing model or run); the message says what to pass."""
 
 
-def load_cross_encoders(models: Sequence[str], backend: str, say: Callable[[str], None]) -> dict[str, PairScorer]:
+def load_cross_encoders(models: Sequence[str], backend: str, say: Callable[[str], None],
+                        quantize: str | None = None) -> dict[str, PairScorer]:
     """"ce" for one model, "ce:NAME" (directory name) for several; the bundled default when none is given."""
     from crossrank.model.cross_encoder import CrossEncoder
 
     if not models:
         try:
-            return {"ce": CrossEncoder.from_pretrained(None, backend=backend)}  # type: ignore[arg-type]
+            return {"ce": CrossEncoder.from_pretrained(None, backend=backend, quantize=quantize)}  # type: ignore[arg-type]
         except CheckpointError as exc:
             say(f"note: no cross-encoder evaluated — {exc}. Pass --model DIR to add one.")
             return {}
-    encoders = {Path(path).name: CrossEncoder.from_pretrained(path, backend=backend)  # type: ignore[arg-type]
+    encoders = {Path(path).name: CrossEncoder.from_pretrained(path, backend=backend,  # type: ignore[arg-type]
+                                                              quantize=quantize)
                 for path in models}
     if len(encoders) != len(models):
         raise EvaluationError(f"two --model directories share a name: {list(models)}")
@@ -38,10 +47,14 @@ def load_cross_encoders(models: Sequence[str], backend: str, say: Callable[[str]
     return {f"ce:{name}": encoder for name, encoder in encoders.items()}
 
 
-def default_pipelines(rerank_mode: bool, cross_encoders: Sequence[str]) -> list[SystemSpec]:
+def default_pipelines(rerank_mode: bool, cross_encoders: Mapping[str, PairScorer]) -> list[SystemSpec]:
+    """The first stages, then each cross-encoder over the best of them, with its `ce+` row next to it when the
+    model ships a first-stage weight."""
     first = "run" if rerank_mode else "hybrid"
     base = ["run", "run>>bi"] if rerank_mode else ["bm25", "dense", "hybrid"]
-    return parse_pipelines(base + [f"{first}>>{name}" for name in cross_encoders])
+    rerankers = [reranker for name, scorer in sorted(cross_encoders.items()) for reranker in (
+        [name] if getattr(scorer, "interpolation", None) is None else [name, interpolated(name)])]
+    return parse_pipelines(base + [f"{first}>>{reranker}" for reranker in rerankers])
 
 
 def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, k: int,
@@ -67,7 +80,7 @@ def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, 
 
 def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path | None = None,
                    pipelines: str | Sequence[str] | None = None, models: Sequence[str] = (),
-                   backend: str = "onnx", max_queries: int | None = None,
+                   backend: str = "onnx", quantize: str | None = None, max_queries: int | None = None,
                    say: Callable[[str], None] = print, progress: bool = True) -> ExperimentResult:
     if run is not None and not run.is_file():
         raise FileNotFoundError(f"no such run file: {run}")
@@ -75,12 +88,15 @@ def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path 
     if run is None and any(s.first == "run" for s in requested or ()):
         raise EvaluationError("pipeline 'run' needs --run FILE (a TREC run to rerank)")
     wants_ce = requested is None or any((s.reranker or "").startswith("ce") for s in requested)
-    scorers: dict[str, PairScorer] = load_cross_encoders(models, backend, say) if wants_ce else {}
-    specs = requested or default_pipelines(run is not None, sorted(scorers))
-    missing = sorted({s.reranker for s in specs if s.reranker and s.reranker.startswith("ce")} - set(scorers))
+    scorers: dict[str, PairScorer] = load_cross_encoders(models, backend, say, quantize) if wants_ce else {}
+    specs = requested or default_pipelines(run is not None, scorers)
+    cross = [s.reranker for s in specs if s.reranker and s.reranker.startswith("ce")]
+    missing = sorted({scorer_of(reranker) for reranker in cross} - set(scorers))
     if missing:
         raise EvaluationError(f"pipelines use {missing} but the cross-encoders loaded are {sorted(scorers) or 'none'}"
                               " (pass --model DIR; with several models name them ce:DIRNAME)")
+    for reranker in cross:  # before any index is built: ce+ needs the model's fusion.json
+        shipped_interpolation(reranker, scorers[scorer_of(reranker)])
     if any(s.reranker == "bi" for s in specs):
         from crossrank.model.embedding import BiEncoder
 

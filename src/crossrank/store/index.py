@@ -40,6 +40,7 @@ from crossrank.types import Candidate, Document, Query
 
 FORMAT = 1
 DATABASE = "passages.sqlite"
+ADAPTED_MODEL = "adapted-model"
 RETRIEVERS = ("bm25", "dense")
 ROW_CACHE_SIZE = 200_000
 SCHEMA = """
@@ -55,6 +56,13 @@ CREATE INDEX IF NOT EXISTS passages_added ON passages (added);
 CREATE INDEX IF NOT EXISTS passages_deleted ON passages (deleted);
 CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY);
 """
+
+
+def adapted_model(path: str | os.PathLike[str]) -> Path | None:
+    """The cross-encoder `crossrank adapt` fitted to the index at `path`, if it has one: `search` reranks with it
+    unless told otherwise. It is installed whole (by rename), so a config.json means a complete model."""
+    model = Path(path) / ADAPTED_MODEL
+    return model if (model / "config.json").is_file() else None
 
 
 class IndexLockedError(RuntimeError):
@@ -505,6 +513,16 @@ class Index:
         rows = self.db.execute("SELECT pid, doc_id, title, text, metadata FROM passages "
                                "WHERE doc_id = ? AND deleted IS NULL ORDER BY position", (doc_id,)).fetchall()
         return [Candidate(pid, d, text, title, json.loads(m)) for pid, d, title, text, m in rows]
+
+    def sample_passages(self, n: int, seed: int = 0) -> list[Candidate]:
+        """Up to n live passages drawn uniformly without replacement, in draw order: the same seed over the same
+        generation draws the same passages (pseudo-queries for `crossrank adapt`)."""
+        rows = np.fromiter((row for (row,) in self.db.execute(
+            "SELECT row FROM passages WHERE deleted IS NULL ORDER BY row")), dtype=np.int64)
+        chosen = rows[np.random.default_rng(seed).choice(len(rows), min(n, len(rows)), replace=False)].tolist()
+        found = self._rows(chosen)
+        return [Candidate(pid, doc_id, text, title, metadata)
+                for pid, doc_id, title, text, metadata in (found[row] for row in chosen if row in found)]
 
     def count(self) -> dict[str, int]:
         documents, passages = self.db.execute(
