@@ -17,7 +17,7 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("bert", "electra", "roberta", "xlm-roberta", "camembert", "distilbert", "deberta-v2")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model", "vocab.json")
-DEFAULT_MODEL_NAME = "crossrank-minilm-l6-v1"
+DEFAULT_MODEL_NAME = "crossrank-minilm-l6-v2"
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
