@@ -45,7 +45,8 @@ def train(
 
     try:
         config = TrainConfig(
-            base=base, architecture=architecture, max_length=max_length, group_size=group_size, lists_per_step=lists_per_step,
+            base=base, architecture=architecture, max_length=max_length, group_size=group_size,
+            lists_per_step=lists_per_step,
             label_loss=None if loss == "none" else loss, teacher_loss=None if teacher_loss == "none" else teacher_loss,
             lr=lr, head_lr=head_lr, steps=steps, max_minutes=max_minutes, grad_accum=grad_accum, seed=seed,
             device=device, eval_every=eval_every, patience=patience, resume=resume)

@@ -37,6 +37,12 @@ def is_gated(config: dict) -> bool:
     return config.get(CONFIG_KEY) == ARCHITECTURE
 
 
+def fp16_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's weights as contiguous fp16 CPU tensors: how crossrank checkpoints are shipped (half the size;
+    the engine loads them as fp32)."""
+    return {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in module.state_dict().items()}
+
+
 class GatedCrossEncoder(nn.Module):
     """A BERT body run layer by layer with gated cross-segment attention and a cosine + [CLS] head."""
 
@@ -88,8 +94,7 @@ class GatedCrossEncoder(nn.Module):
         from safetensors.torch import save_file
 
         out.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        save_file(fp16_state(self), str(out / "model.safetensors"), metadata={"format": "pt"})
         config = self.config.to_dict()
         for key in ("torch_dtype", "dtype", "architectures", "_name_or_path", "transformers_version", "id2label",
                     "label2id"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from crossrank.evaluate.datasets import BeirDataset, Qrels, Run
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
-from crossrank.model.gated import GatedCrossEncoder, is_gated, write_pair_tokenizer
+from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
 from crossrank.model.graphs import ClassificationGraph
 from crossrank.model.tokenization import PairEncoder, load_tokenizer
 from crossrank.train.data import RankingList, candidate_lists
@@ -160,8 +160,7 @@ def save_checkpoint(student: torch.nn.Module, base: Path, out: Path, max_length:
         return student.save(out, base, max_length)
     model = student.model
     out.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+    model.save_pretrained(str(out), state_dict=fp16_state(model), safe_serialization=True)
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     config.update(dtype="float16", num_labels=1)
     config.pop("torch_dtype", None)
