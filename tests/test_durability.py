@@ -4,6 +4,7 @@ while the writer runs."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import signal
@@ -104,10 +105,21 @@ def test_bm25_that_missed_a_commit_is_replayed_on_open(tmp_path: Path, tiny_inde
         index.delete(["0", "1"])
         index.add([Document("replacement about hawks", id="2"), Document("new one about owls", id="9")])
         index.commit()
-    shutil.rmtree(path / "bm25")
-    shutil.copytree(tmp_path / "bm25-gen1", path / "bm25")  # BM25 as of generation 1
-    with Index.open(path) as reader:  # readers never write; stale BM25 hits of deleted passages are dropped
-        assert sorted(c.doc_id for c in reader.retrieve("bm25", [Query("owls")], 10)[0]) == ["3", "4"]
+    def crash_state() -> None:
+        shutil.rmtree(path / "bm25")
+        shutil.copytree(tmp_path / "bm25-gen1", path / "bm25")  # BM25 as of generation 1
+
+    crash_state()
+    with open(path / "writer.lock", "a") as lock:  # a live writer: it replays BM25 itself; the reader only
+        fcntl.flock(lock, fcntl.LOCK_EX)  # drops stale hits of deleted passages and looks again next time
+        with Index.open(path) as reader:
+            assert sorted(c.doc_id for c in reader.retrieve("bm25", [Query("owls")], 10)[0]) == ["3", "4"]
+            fcntl.flock(lock, fcntl.LOCK_UN)  # the writer went away without catching up
+            assert sorted(c.doc_id for c in reader.retrieve("bm25", [Query("owls")], 10)[0]) == ["3", "4", "9"]
+    crash_state()
+    with Index.open(path) as reader:  # no writer alive: the reader replays what the dead writer missed
+        assert sorted(c.doc_id for c in reader.retrieve("bm25", [Query("owls")], 10)[0]) == ["3", "4", "9"]
+    crash_state()
     with Index.open(path, writable=True) as index:
         assert check_consistent(index) == 4  # 2 (replaced), 3, 4, 9
         assert sorted(c.doc_id for c in index.retrieve("bm25", [Query("owls")], 10)[0]) == ["3", "4", "9"]

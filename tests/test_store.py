@@ -223,6 +223,7 @@ def test_opening_errors_and_the_writer_lock(tmp_path: Path, tiny_index_config: I
         Index.open(tmp_path / "plain")
     with pytest.raises(FileExistsError, match="not an empty directory"):
         Index.create(tmp_path / "plain", tiny_index_config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]  # no staging folder left behind
     with pytest.raises(ValueError, match="overlap"):
         Index.create(tmp_path / "bad", IndexConfig(passage_tokens=64, overlap=40))
     with pytest.raises(ValueError, match="title_boost"):
@@ -240,7 +241,7 @@ def test_opening_errors_and_the_writer_lock(tmp_path: Path, tiny_index_config: I
         Index.open(tmp_path / "index", writable=True)
     writer.close()
     Index.open(tmp_path / "index", writable=True).close()  # released on close
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already holds an index; open it"):
         Index.create(tmp_path / "index", tiny_index_config)
 
 

@@ -18,10 +18,13 @@ generation and never a deleted or half-written passage.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -35,7 +38,12 @@ from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
 from crossrank.store.chunking import Chunker
 from crossrank.store.filters import filter_sql
-from crossrank.store.loaders import DEFAULT_MAX_FILE_BYTES, FieldMapping, LoadReport, load_documents
+from crossrank.store.loaders import (
+    DEFAULT_MAX_FILE_BYTES,
+    FieldMapping,
+    LoadReport,
+    load_documents,
+)
 from crossrank.types import Candidate, Document, Query
 
 FORMAT = 1
@@ -73,6 +81,10 @@ class NotAnIndexError(FileNotFoundError):
     """The path does not hold a crossrank index."""
 
 
+class IndexExistsError(FileExistsError):
+    """`Index.create` found something already at the path (possibly an index another process just created)."""
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """Fixed when the index is created. `dense_model` None means the bundled all-MiniLM-L6-v2."""
@@ -102,13 +114,14 @@ class IndexConfig:
 
 @dataclass
 class IngestReport:
-    """Counts for one ingest; `skipped` lists (file or file:line, reason)."""
+    """Counts for one ingest; `skipped` lists (file or file:line, reason), `warnings` (file, what was guessed)."""
 
     files: int = 0
     documents: int = 0
     passages: int = 0
     commits: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -153,35 +166,52 @@ class Index:
         self._chunker: Chunker | None = None
         self.dense: DenseIndex | None = None
         self.generation = 0  # what this handle has loaded
-        self._pending: dict[str, Document] = {}
-        self._pending_deletes: set[str] = set()
+        self._pending: dict[str, Document | None] = {}  # id -> latest staged state (None: delete)
+        self._in_flight: dict[str, Document | None] = {}  # what the running commit is writing
         self._row_cache: dict[int, tuple[Any, ...]] = {}
         if writable:
             self._sync_bm25()
+        elif self.bm25.generation < self._committed_generation():
+            self._repair_bm25()
         self._load_dense()
 
     # ---- opening -------------------------------------------------------------------------------------------
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], config: IndexConfig | None = None) -> Index:
-        """A new, empty index at `path` (which must not hold anything else), opened for writing."""
+        """A new, empty index at `path` (which must not exist or be an empty directory), opened for writing.
+
+        Built in a hidden sibling folder and renamed into place, so the path never holds half an index."""
         path = Path(path)
         config = config or IndexConfig()
         config.validate()
-        if (path / DATABASE).exists():
-            raise FileExistsError(f"an index already exists at {path}")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{path} exists and is not an empty directory")
-        path.mkdir(parents=True, exist_ok=True)
-        db = _connect(path / DATABASE)
-        db.execute("BEGIN IMMEDIATE")  # tables and configuration appear together or not at all
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.executemany("INSERT INTO meta VALUES (?, ?)",
-                       [("format", str(FORMAT)), ("generation", "0"), ("config", json.dumps(asdict(config)))])
-        db.execute("COMMIT")
-        db.close()
+            what = "an index" if (path / DATABASE).exists() else "something that is not an empty directory"
+            raise IndexExistsError(f"{path} already holds {what}; open it, or choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+        try:
+            db = _connect(staging / DATABASE)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", str(FORMAT)), ("generation", "0"),
+                                                                  ("config", json.dumps(asdict(config)))])
+                db.execute("COMMIT")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the renamed folder must not depend on the WAL
+            finally:
+                db.close()
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()  # an empty directory the caller made for us
+            os.rename(staging, path)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise IndexExistsError(f"another process created an index at {path} at the same moment; "
+                                       "open that one (it is valid)") from exc
+            raise
         return cls(path, writable=True)
 
     @classmethod
@@ -195,7 +225,13 @@ class Index:
     def open_or_create(cls, path: str | os.PathLike[str], config: IndexConfig | None = None) -> Index:
         """Open for writing if it exists (its stored config wins), else create it with `config`."""
         path = Path(path)
-        return cls(path, writable=True) if (path / DATABASE).is_file() else cls.create(path, config)
+        if not (path / DATABASE).is_file():
+            try:
+                return cls.create(path, config)
+            except IndexExistsError:
+                if not (path / DATABASE).is_file():
+                    raise
+        return cls(path, writable=True)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -254,61 +290,81 @@ class Index:
             raise PermissionError(f"{self.path} is open read-only; use Index.open(path, writable=True)")
 
     def add(self, documents: Iterable[Document | Mapping[str, Any]]) -> int:
-        """Stage documents for the next commit; a document id already indexed (or staged) is replaced."""
+        """Stage documents for the next commit; a document id already indexed (or staged) is replaced.
+
+        A document without text is refused: it would index nothing and silently replace what the id held."""
         self._require_writable()
         staged = []
         for i, value in enumerate(documents):
             document = Document.coerce(value, i)
             if document.id is None or not str(document.id).strip():
                 raise ValueError(f"document {i}: an indexed document needs a non-empty id")
+            if not document.text.strip():
+                raise ValueError(f"document {document.id!r} has no text; delete the id instead of emptying it")
             staged.append(document)
         with self._lock:
             self._pending.update((d.id, d) for d in staged)
         return len(staged)
 
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
-        """Stage deletions for the next commit; returns the ids that are neither indexed nor staged."""
+        """Stage deletions for the next commit; returns the ids that are neither indexed nor staged (nothing to
+        delete). A delete is ordered after every add acknowledged before it, including one being committed."""
         self._require_writable()
         unknown = []
         for doc_id in doc_ids:
-            live = self.db.execute("SELECT 1 FROM passages WHERE doc_id = ? AND deleted IS NULL LIMIT 1",
-                                   (doc_id,)).fetchone() is not None
             with self._lock:
-                staged = self._pending.pop(doc_id, None) is not None
-                if live:
-                    self._pending_deletes.add(doc_id)
-            if not live and not staged:
-                unknown.append(doc_id)
+                if doc_id in self._pending:
+                    present = self._pending[doc_id] is not None
+                elif doc_id in self._in_flight:
+                    present = self._in_flight[doc_id] is not None
+                else:
+                    present = self.db.execute("SELECT 1 FROM passages WHERE doc_id = ? AND deleted IS NULL LIMIT 1",
+                                              (doc_id,)).fetchone() is not None
+                if present:
+                    self._pending[doc_id] = None
+                else:
+                    unknown.append(doc_id)
         return unknown
+
+    @property
+    def staged(self) -> int:
+        """Adds and deletes waiting for the next commit."""
+        return len(self._pending)
 
     def commit(self, *, show_progress: bool = False) -> int:
         """Make staged changes durable and searchable; returns the new generation (unchanged if nothing staged).
 
-        Chunking and embedding run outside the lock, so searches in other threads go on meanwhile; documents
-        staged during that time wait for the next commit.
+        Chunking and embedding run outside the lock, so searches in other threads go on meanwhile; changes
+        staged during that time wait for the next commit. If the commit fails, its changes stay staged (under
+        any newer ones) and nothing of it is written.
         """
         self._require_writable()
         with self._commit_lock:
             with self._lock:
-                pending, deletes = dict(self._pending), set(self._pending_deletes)
-            if not pending and not deletes:
+                batch, self._pending = self._pending, {}
+                self._in_flight = batch
+            if not batch:
                 return self.generation
-            documents = list(pending.values())
-            rows = []
-            for document, passages in zip(documents, self.chunker.split([d.text for d in documents]), strict=True):
-                metadata = json.dumps(dict(document.metadata), ensure_ascii=False, default=str)
-                rows += [(f"{document.id}#{p}", document.id, p, document.title, text, metadata)
-                         for p, text in enumerate(passages)]
-            vectors: list[bytes | None] = [None] * len(rows)
-            if self.config.dense and rows:
-                contents = [Document(text=r[4], title=r[3]).content for r in rows]
-                vectors = [v.tobytes() for v in self.encoder.encode(contents, show_progress_bar=show_progress)]
-            generation = self._write(rows, vectors, deletes | set(pending), {k for d in documents for k in d.metadata})
+            try:
+                documents = [document for document in batch.values() if document is not None]
+                rows = []
+                for document, passages in zip(documents, self.chunker.split([d.text for d in documents]),
+                                              strict=True):
+                    metadata = json.dumps(dict(document.metadata), ensure_ascii=False, default=str)
+                    rows += [(f"{document.id}#{p}", document.id, p, document.title, text, metadata)
+                             for p, text in enumerate(passages)]
+                vectors: list[bytes | None] = [None] * len(rows)
+                if self.config.dense and rows:
+                    contents = [Document(text=r[4], title=r[3]).content for r in rows]
+                    vectors = [v.tobytes() for v in self.encoder.encode(contents, show_progress_bar=show_progress)]
+                generation = self._write(rows, vectors, set(batch), {k for d in documents for k in d.metadata})
+            except BaseException:
+                with self._lock:
+                    self._pending = {**batch, **self._pending}
+                    self._in_flight = {}
+                raise
             with self._lock:
-                for doc_id, document in pending.items():
-                    if self._pending.get(doc_id) is document:
-                        del self._pending[doc_id]
-                self._pending_deletes -= deletes
+                self._in_flight = {}
                 self._sync_bm25()
                 self._catch_up()
             return generation
@@ -347,13 +403,14 @@ class Index:
             for document in load_documents(paths, mapping, max_file_bytes, report=loaded):
                 self.add([document])
                 progress.update(1)
-                if len(self._pending) >= commit_every:
+                if self.staged >= commit_every:
                     self.commit(show_progress=show_progress)
                     report.commits += 1
-        if self._pending:
+        if self.staged:
             self.commit(show_progress=show_progress)
             report.commits += 1
-        report.files, report.documents, report.skipped = loaded.files, loaded.documents, loaded.skipped
+        report.files, report.documents = loaded.files, loaded.documents
+        report.skipped, report.warnings = loaded.skipped, loaded.warnings
         report.passages = self.count()["passages"] - before
         return report
 
@@ -384,6 +441,21 @@ class Index:
             else:
                 removed.append(row)
         self.bm25.apply(added, removed, target)
+
+    def _repair_bm25(self) -> None:
+        """A reader found BM25 behind the database: the writer died between its commit and its BM25 update. If
+        no writer is alive (the lock is free), replay the missed changes under the lock; a live writer is about
+        to do it itself, and `refresh` looks again on the next search."""
+        with (self.path / "writer.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            try:
+                self.bm25.reload()
+                self._sync_bm25()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load_dense(self) -> None:
         self.generation = self._committed_generation()
@@ -425,8 +497,11 @@ class Index:
     def refresh(self) -> None:
         """Catch up with commits made by a writer in another process (cheap when there are none)."""
         with self._lock:
-            if self._committed_generation() != self.generation:
+            committed = self._committed_generation()
+            if committed != self.generation or self.bm25.generation < committed:
                 self.bm25.reload()
+                if not self.writable and self.bm25.generation < committed:
+                    self._repair_bm25()
                 self._catch_up()
 
     # ---- reading --------------------------------------------------------------------------------------------
