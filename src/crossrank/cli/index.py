@@ -102,6 +102,11 @@ def index_command(
         for where, reason in [s for s in report.skipped if not s[1].startswith("unsupported")][:20]:
             typer.echo(f"  {where}: {reason}")
         typer.echo(f"  (supported types: {' '.join(SUPPORTED_SUFFIXES)})")
+    for where, message in report.warnings[:20]:
+        typer.echo(f"warning: {where}: {message}", err=True)
+    if report.documents == 0:
+        typer.echo("error: nothing was indexed (see the reasons above)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,8 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 BLOCK_TAGS = frozenset({"p", "div", "section", "article", "main", "header", "footer", "aside", "h1", "h2", "h3", "h4",
                         "h5", "h6", "li", "ul", "ol", "pre", "blockquote", "table", "tr", "td", "th", "dl", "dt",
                         "dd", "figure", "figcaption", "br", "hr"})
-ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # latin-1 decodes any byte string, so this always ends
+LEGACY_ENCODINGS = ("cp1252", "latin-1")  # for files with no UTF-8 in them; latin-1 decodes any byte string
+UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 
 
 class SkipFile(Exception):
@@ -61,25 +63,33 @@ class FieldMapping:
 
 @dataclass
 class LoadReport:
-    """What an ingest read: documents per file, and every skipped file or record with its reason."""
+    """What an ingest read: documents per file, every skipped file or record with its reason, and warnings about
+    files that were read but guessed at (e.g. their text encoding)."""
 
     files: int = 0
     documents: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, where: str, reason: str) -> None:
         self.skipped.append((where, reason))
 
+    def warn(self, where: str, message: str) -> None:
+        self.warnings.append((where, message))
 
-def iter_files(paths: Sequence[str | Path], report: LoadReport) -> Iterator[tuple[Path, Path]]:
-    """(file, root) for every file under the given paths, sorted; missing paths are a clear error up front."""
+
+def iter_files(paths: Sequence[str | Path], report: LoadReport) -> list[tuple[Path, Path]]:
+    """(file, root) for every file under the given paths, sorted. Found up front, so that a missing path, or two
+    files that would get the same id (the same relative path under two folders), stop the ingest before it
+    writes anything."""
     resolved = [Path(p).expanduser() for p in paths]
     missing = [str(p) for p in resolved if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
+    found: list[tuple[Path, Path]] = []
     for path in resolved:
         if path.is_file():
-            yield path, Path(path.anchor) if path.is_absolute() else Path(".")
+            found.append((path, Path(path.anchor) if path.is_absolute() else Path(".")))
             continue
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             if any(part.startswith(".") for part in file.relative_to(path).parts):
@@ -87,7 +97,15 @@ def iter_files(paths: Sequence[str | Path], report: LoadReport) -> Iterator[tupl
             if file.suffix.lower() not in SUPPORTED_SUFFIXES:
                 report.skip(str(file), f"unsupported file type {file.suffix or '(none)'!r}")
                 continue
-            yield file, path
+            found.append((file, path))
+    owners: dict[str, Path] = {}
+    for file, root in found:
+        doc_id = file.relative_to(root).as_posix()
+        if doc_id in owners and owners[doc_id].resolve() != file.resolve():
+            raise ValueError(f"{owners[doc_id]} and {file} would both get the id {doc_id!r} (the same path under "
+                             "two --from folders); ingest them into separate indexes or in separate runs")
+        owners[doc_id] = file
+    return list(dict.fromkeys(found))
 
 
 def load_documents(paths: Sequence[str | Path], mapping: FieldMapping | None = None,
@@ -128,7 +146,7 @@ def load_file(file: Path, root: Path, mapping: FieldMapping, report: LoadReport)
         raw = file.read_bytes()
         if b"\x00" in raw[:8192]:
             raise SkipFile("binary content")
-        text = decode(raw)
+        text = decode(raw, str(file), report)
         if suffix in HTML_SUFFIXES:
             title, text, url = _html(text)
             if url:
@@ -140,12 +158,23 @@ def load_file(file: Path, root: Path, mapping: FieldMapping, report: LoadReport)
     yield Document(text=text, title=title or file.stem, id=doc_id, metadata=metadata)
 
 
-def decode(raw: bytes) -> str:
-    for encoding in ENCODINGS:
+def decode(raw: bytes, where: str, report: LoadReport) -> str:
+    """UTF-8 (with or without BOM). A file with no UTF-8 sequence at all is a legacy 8-bit file: read as cp1252
+    with a warning. A file that mixes UTF-8 with invalid bytes is damaged: refused with the byte offset, since any
+    single decoding would turn part of it into mojibake."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if UTF8_MULTIBYTE.search(raw):
+            raise SkipFile(f"invalid UTF-8 at byte {exc.start} (the rest of the file is UTF-8); fix or "
+                           "re-encode the file") from exc
+    for encoding in LEGACY_ENCODINGS:
         try:
-            return raw.decode(encoding)
+            text = raw.decode(encoding)
         except UnicodeDecodeError:
             continue
+        report.warn(where, f"not UTF-8; read as {encoding}")
+        return text
     raise AssertionError("latin-1 decodes every byte string")
 
 
@@ -213,9 +242,9 @@ def _pdf(file: Path) -> tuple[str, str]:
 
 
 def _records(file: Path, base_id: str, mapping: FieldMapping, report: LoadReport) -> Iterator[Document]:
-    text = decode(file.read_bytes())
+    text = decode(file.read_bytes(), str(file), report)
     if file.suffix.lower() == ".csv":
-        rows: Iterator[tuple[int, Any]] = enumerate(csv.DictReader(io.StringIO(text)), start=2)
+        rows: Iterator[tuple[int, Any]] = _csv_rows(text)
     else:
         rows = _json_lines(text)
     for number, record in rows:
@@ -232,6 +261,28 @@ def _records(file: Path, base_id: str, mapping: FieldMapping, report: LoadReport
             report.skip(where, str(exc))
             continue
         yield document
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, row) from a CSV with a header. An unterminated quote would silently swallow every row
+    after it into one field; strict parsing turns that into a skip naming the line where the quote opened."""
+    reader = csv.DictReader(io.StringIO(text), strict=True)
+    try:
+        _ = reader.fieldnames  # reads the header, so line numbers below are the data rows'
+    except csv.Error as exc:
+        yield 1, SkipFile(f"malformed CSV header ({exc})")
+        return
+    while True:
+        start = reader.reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, SkipFile(f"malformed CSV ({exc}): a quote opened here is never closed, so this row and "
+                                  "everything after it were not read")
+            return
+        yield start, row
 
 
 def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
