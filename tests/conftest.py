@@ -116,3 +116,59 @@ def tiny_index_config(tiny_model_dir: Path):
     from crossrank.store import IndexConfig
 
     return IndexConfig(dense_model=str(tiny_model_dir), passage_tokens=64, overlap=8)
+
+
+class LiveServer:
+    """A FastAPI app under uvicorn on an ephemeral loopback port, in a thread of this process, configured exactly
+    as `crossrank serve` configures it (h11 with header, read-time and connection limits)."""
+
+    def __init__(self, app, config=None) -> None:  # noqa: ANN001 - a FastAPI app and its ServerConfig
+        import threading
+
+        import uvicorn
+
+        from crossrank.server.http import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(app, config or app.state.config, host="127.0.0.1", port=0,
+                                                    drain_seconds=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 120
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def wait_ready(url: str, process=None, timeout_s: float = 120) -> None:  # noqa: ANN001 - a subprocess.Popen
+    """Poll /ready until the server answers 200 (failing early if its process died)."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline and (process is None or process.poll() is None), "server did not become ready"
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

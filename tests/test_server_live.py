@@ -1,12 +1,11 @@
 """The service as clients see it: a real uvicorn server on 127.0.0.1, the official cohere SDK (v1 and v2),
-16 concurrent clients, client disconnects, schemathesis against the published OpenAPI, and SIGTERM drain."""
+16 concurrent clients, client disconnects and SIGTERM drain (schemathesis: tests/reliability/test_openapi_fuzz.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,10 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cohere
 import httpx
 import pytest
-import schemathesis
-import uvicorn
-from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from conftest import LiveServer, free_port, wait_ready
 
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.server.app import create_app
@@ -31,33 +27,11 @@ DOCS = [f"Document {i} talks about {topic}." for i, topic in
         enumerate(["Paris", "cats", "the French capital", "rivers", "France", "dogs", "Berlin", "bread"])]
 
 
-class ThreadedServer:
-    """uvicorn on an ephemeral loopback port, in a thread of this process."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def base_url(tiny_model_dir, tmp_path_factory):
     config = ServerConfig(model=str(tiny_model_dir), api_keys=frozenset({KEY}), max_documents=200,
                           index_root=tmp_path_factory.mktemp("indexes"))
-    with ThreadedServer(create_app(config)) as url:
+    with LiveServer(create_app(config)) as url:
         yield url
 
 
@@ -152,7 +126,7 @@ def test_disconnected_client_is_not_scored(encoder, tmp_path):
     scorer = GatedScorer(encoder)
     config = ServerConfig(model="unused", api_keys=frozenset({KEY}), index_root=tmp_path)
 
-    with ThreadedServer(create_app(config, scorer=scorer)) as url:
+    with LiveServer(create_app(config, scorer=scorer)) as url:
         def rejected() -> float:
             for line in httpx.get(f"{url}/metrics").text.splitlines():
                 if line.startswith('crossrank_rejected_total{reason="disconnected"}'):
@@ -175,33 +149,6 @@ def test_disconnected_client_is_not_scored(encoder, tmp_path):
         assert after.status_code == 200
 
 
-def test_openapi_fuzz_never_5xx(base_url):
-    """Schemathesis-generated requests (valid and invalid) on every published operation, at most 300 in all:
-    never a 5xx."""
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/rerank", "/v2/rerank"}
-    calls = 0
-
-    for operation in operations:
-        @given(case=operation.as_strategy())
-        @settings(max_examples=300 // len(operations), deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
-        def fuzz(case) -> None:
-            nonlocal calls
-            calls += 1
-            case.call_and_validate(base_url=base_url, headers=auth(), checks=[not_a_server_error], timeout=30)
-
-        fuzz()
-    assert 0 < calls <= 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(tiny_model_dir):
     port = free_port()
@@ -211,15 +158,7 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir):
                                env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline and process.poll() is None, "server did not become ready"
-            time.sleep(0.2)
+        wait_ready(url, process)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(httpx.post, f"{url}/v1/rerank", headers=auth(), timeout=120,
                                     json={"query": "drain", "documents": ["word " * 300] * 300})

@@ -35,6 +35,19 @@ def serve(
     max_documents: Annotated[int, _opt("Documents per request.", "MAX_DOCUMENTS", "--max-documents")] = 1000,
     max_chars: Annotated[int, _opt("Characters per document.", "MAX_CHARS", "--max-chars")] = 20000,
     max_body_bytes: Annotated[int, _opt("Request body bytes.", "MAX_BODY_BYTES", "--max-body-bytes")] = 16 << 20,
+    max_request_tokens: Annotated[int, _opt("Model tokens one request may score (query + document per pair).",
+                                            "MAX_REQUEST_TOKENS", "--max-request-tokens")] = 131072,
+    max_header_bytes: Annotated[int, _opt("Request line + headers bytes.", "MAX_HEADER_BYTES",
+                                          "--max-header-bytes")] = 65536,
+    read_timeout: Annotated[float, _opt("Seconds to receive a whole request.", "READ_TIMEOUT",
+                                        "--read-timeout")] = 30.0,
+    keep_alive: Annotated[float, _opt("Idle keep-alive seconds.", "KEEP_ALIVE", "--keep-alive")] = 5.0,
+    max_connections: Annotated[int, _opt("Concurrent connections; beyond it 503.", "MAX_CONNECTIONS",
+                                         "--max-connections")] = 256,
+    max_indexes: Annotated[int, _opt("Indexes that may exist under --index-root.", "MAX_INDEXES",
+                                     "--max-indexes")] = 100,
+    max_open_indexes: Annotated[int, _opt("Indexes kept open (least recently used idle ones close).",
+                                          "MAX_OPEN_INDEXES", "--max-open-indexes")] = 16,
     api_keys_file: Annotated[Path | None, _opt("File of API keys, one a line (also CROSSRANK_API_KEYS, "
                                                "comma-separated).", "API_KEYS_FILE", "--api-keys-file")] = None,
     index_root: Annotated[Path | None, _opt("Directory of named indexes for /search.", "INDEX_ROOT",
@@ -63,7 +76,9 @@ def serve(
             batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, max_wait_ms=max_wait_ms,
             max_queue_pairs=max_queue_pairs,
             request_timeout_s=timeout, workers=workers, max_documents=max_documents,
-            max_chars_per_document=max_chars, max_body_bytes=max_body_bytes,
+            max_chars_per_document=max_chars, max_body_bytes=max_body_bytes, max_request_tokens=max_request_tokens,
+            max_header_bytes=max_header_bytes, read_timeout_s=read_timeout, keep_alive_s=keep_alive,
+            max_connections=max_connections, max_indexes=max_indexes, max_open_indexes=max_open_indexes,
             api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,
         )
     except ValueError as exc:
@@ -79,12 +94,10 @@ def serve(
         run_serve(config, host=host, port=port, address=ray_address, replicas=replicas, autoscaling=autoscaling,
                   num_cpus=cpus_per_replica)
         return
-    import uvicorn
-
     from crossrank.server.app import create_app
+    from crossrank.server.http import serve_http
 
-    uvicorn.run(create_app(config), host=host, port=port, access_log=False, log_config=None,
-                timeout_graceful_shutdown=drain_seconds)
+    serve_http(create_app(config), config, host=host, port=port, drain_seconds=drain_seconds)
 
 
 @app.command("rerank-batch")

@@ -23,18 +23,35 @@ class ServerConfig:
     max_queue_pairs: int = 20000
     request_timeout_s: float = 60.0
     workers: int = 1
-    # Limits on one request.
+    # A merged batch is scored in slices of this many estimated tokens; between slices, work of requests that
+    # timed out or whose client left is dropped, so abandoned work stops within one slice (about a second).
+    slice_tokens: int = 8192
+    # Limits on one request; max_request_tokens counts model tokens (query + document per pair, after truncation),
+    # so it bounds the work whatever the script (CJK text is about one token per character, English about four).
     max_documents: int = 1000
     max_chars_per_document: int = 20000
+    max_request_tokens: int = 131072
     max_body_bytes: int = 16 * 1024 * 1024
+    # HTTP connection limits: request-line + headers size, time to receive a whole request (headers and body),
+    # idle keep-alive, and concurrent connections (beyond it: 503).
+    max_header_bytes: int = 64 * 1024
+    read_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 256
+    # Named indexes: how many may exist under index_root, and how many stay open (least recently used idle
+    # ones are closed beyond it).
+    max_indexes: int = 100
+    max_open_indexes: int = 16
     # Bearer keys; empty means the API is open (bind to loopback in that case).
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     # Named indexes for /search live under this directory (None: search endpoints answer 404).
     index_root: Path | None = None
 
     def __post_init__(self) -> None:
-        positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "max_documents",
-                    "max_chars_per_document", "max_body_bytes")
+        positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "slice_tokens",
+                    "max_documents", "max_chars_per_document", "max_request_tokens", "max_body_bytes",
+                    "max_header_bytes", "read_timeout_s", "keep_alive_s", "max_connections", "max_indexes",
+                    "max_open_indexes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -34,6 +34,14 @@ class ScoredPairs:
         return ScoredPairs(self.probabilities[span], self.logits[span], self.tokens[span], self.windows[span])
 
 
+def concat_scored(parts: Sequence[ScoredPairs]) -> ScoredPairs:
+    """Slices of one request's pairs, scored separately, back in order."""
+    if not parts:
+        return ScoredPairs(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return ScoredPairs(*(np.concatenate([getattr(p, name) for p in parts])
+                         for name in ("probabilities", "logits", "tokens", "windows")))
+
+
 class PairScorer(Protocol):
     """What the batcher calls: aligned queries, document texts and optional token caps per document."""
 
@@ -60,6 +68,17 @@ class EncoderScorer:
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str],
                  token_caps: Sequence[int | None]) -> ScoredPairs:
+        documents, tokens = self._truncate(queries, texts, token_caps)
+        scores = self.encoder.score(list(queries), documents)
+        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens,
+                           scores.windows)
+
+    def count_tokens(self, queries: Sequence[str], texts: Sequence[str], token_caps: Sequence[int | None]) -> int:
+        """Model tokens the pairs hold (query + document, after the caps): what a request's work is bounded by."""
+        return int(self._truncate(queries, texts, token_caps)[1].sum())
+
+    def _truncate(self, queries: Sequence[str], texts: Sequence[str],
+                  token_caps: Sequence[int | None]) -> tuple[list[Document], np.ndarray]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         unique = list(dict.fromkeys(queries))
         query_tokens = dict(zip(unique, (len(e) for e in self.tokenizer.encode_batch(unique, add_special_tokens=False)),
@@ -72,6 +91,4 @@ class EncoderScorer:
                 length = cap
             documents.append(Document(text=text))
             tokens[i] = query_tokens[query] + length
-        scores = self.encoder.score(list(queries), documents)
-        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens,
-                           scores.windows)
+        return documents, tokens
