@@ -96,10 +96,13 @@ def test_jina_shape_objects_and_nulls_accepted(client):
 
 
 def test_rank_fields_read_the_named_fields(client, encoder):
-    documents = [{"title": "Bananas", "body": "yellow fruit"}, {"title": "Paris", "body": "capital of France"}]
+    documents = [{"text": "t1", "title": "Bananas", "body": "yellow fruit"},
+                 {"text": "t2", "title": "Paris", "body": "capital of France", "year": 2024},
+                 {"text": "Paris, France", "other": "x"}]  # none of the rank fields: its text is read
     body = client.post("/v1/rerank", json={"query": "France", "documents": documents,
-                                           "rank_fields": ["title", "body"]}).json()
-    expected = encoder.rank("France", ["title: Bananas\nbody: yellow fruit", "title: Paris\nbody: capital of France"])
+                                           "rank_fields": ["title", "body", "year"]}).json()
+    expected = encoder.rank("France", ["title: Bananas\nbody: yellow fruit",
+                                       "title: Paris\nbody: capital of France\nyear: 2024", "Paris, France"])
     assert [r["index"] for r in body["results"]] == [r.index for r in expected]
 
 
@@ -112,11 +115,13 @@ def test_max_tokens_per_doc_truncates(client):
 
 @pytest.mark.parametrize("payload, fragment", [
     ({"query": "   ", "documents": ["a"]}, "query is empty"),
-    ({"query": "q", "documents": [{"title": "no text"}]}, "documents[0]: an object needs a string 'text'"),
+    ({"query": "q", "documents": [{"title": "no text"}]}, "documents.0.TextDocument.text: Field required"),
+    ({"query": "q", "documents": []}, "documents: List should have at least 1 item"),
+    ({"query": "q", "documents": ["a"], "top_n": True}, "top_n: expected a JSON number"),
     ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n"),
     ({"query": "q", "documents": "not a list"}, "documents"),
     ({"documents": ["a"]}, "query"),
-    ({"query": "q", "documents": [{"a": 1}], "rank_fields": ["b"]}, "rank field 'b' is missing"),
+    ({"query": "q", "documents": [{"a": 1}], "rank_fields": ["a"]}, "text: Field required"),
 ])
 def test_bad_requests_get_422_with_message(client, payload, fragment):
     response = client.post("/v1/rerank", json=payload)

@@ -30,7 +30,7 @@ def encoder(tiny_model_dir) -> CrossEncoder:
 def client(encoder, tmp_path):
     config = ServerConfig(index_root=tmp_path / "indexes", max_documents=50)
     with TestClient(create_app(config, EncoderScorer(encoder))) as c:
-        response = c.post("/indexes/cities/documents", json={"documents": DOCS, "dense": False})
+        response = c.post("/indexes/cities/documents?create=true", json={"documents": DOCS, "dense": False})
         assert response.status_code == 200, response.text
         yield c
 
@@ -62,8 +62,9 @@ def test_filters_update_and_delete(client):
 
 @pytest.mark.parametrize("name", ["..", "../etc", ".hidden", "a/b", "x" * 65])
 def test_index_names_cannot_escape_the_root(client, name, tmp_path):
-    response = client.post(f"/indexes/{name}/documents", json={"documents": DOCS[:1], "dense": False})
+    response = client.post(f"/indexes/{name}/documents?create=true", json={"documents": DOCS[:1], "dense": False})
     assert response.status_code in (404, 422)
+    assert client.put(f"/indexes/{name}", json={"dense": False}).status_code in (404, 405, 422)
     search = client.post("/search", json={"index": name, "query": "q"})
     assert search.status_code == 422
     assert not any(p.name != "cities" for p in (tmp_path / "indexes").iterdir())
@@ -71,8 +72,10 @@ def test_index_names_cannot_escape_the_root(client, name, tmp_path):
 
 @pytest.mark.parametrize("payload, status, fragment", [
     ({"index": "nowhere", "query": "q"}, 404, "no index named 'nowhere'"),
-    ({"index": "cities", "query": "q", "retrievers": ["dense"]}, 422, "not available"),
-    ({"index": "cities", "query": "q", "filters": {"colour": "red"}}, 422, "unknown filter field 'colour'"),
+    ({"index": "cities", "query": "q", "retrievers": ["dense"]}, 409, "not available"),
+    ({"index": "cities", "query": "q", "filters": {"colour": "red"}}, 409, "unknown filter field 'colour'"),
+    ({"index": "cities", "query": "q", "filters": {"lang": {}}}, 422, "empty range"),
+    ({"index": "cities", "query": "q", "filters": {"lang": {"near": "en"}}}, 422, "near"),
     ({"index": "cities", "query": "q", "rerank_k": 60}, 413, "max_documents"),
     ({"index": "cities", "query": " "}, 422, "query is empty"),
 ])
@@ -91,7 +94,8 @@ def test_search_uses_the_models_first_stage_weight_unless_told(tiny_model_with_f
     encoder = CrossEncoder.from_pretrained(tiny_model_with_fusion_dir, backend="torch")
     config = ServerConfig(index_root=tmp_path / "indexes", max_documents=50)
     with TestClient(create_app(config, EncoderScorer(encoder))) as c:
-        assert c.post("/indexes/cities/documents", json={"documents": DOCS, "dense": False}).status_code == 200
+        assert c.put("/indexes/cities", json={"dense": False}).status_code == 201
+        assert c.post("/indexes/cities/documents", json={"documents": DOCS}).status_code == 200
 
         def search(**extra):
             body = {"index": "cities", "query": "capital city", "rerank_k": 3, "explain": True, **extra}

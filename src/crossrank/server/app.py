@@ -1,5 +1,9 @@
 """The FastAPI app: Cohere v1/v2 and Jina rerank endpoints over the micro-batcher, plus health, readiness and
-metrics. `create_app(config)` loads the model in the lifespan; tests and Ray pass a ready scorer instead."""
+metrics. `create_app(config)` loads the model in the lifespan; tests and Ray pass a ready scorer instead.
+
+Every error, from any layer (routing, validation, limits, the batcher, the store), is JSON `{"message": ...}`
+with the status the OpenAPI document declares; an unexpected failure is a 500 whose message carries an id to
+find the logged traceback, never the exception's text (which may hold server paths)."""
 
 from __future__ import annotations
 
@@ -14,9 +18,18 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from crossrank.server.auth import require_api_key
-from crossrank.server.batcher import ClientDisconnected, MicroBatcher, Overloaded, RequestTimedOut
+from crossrank.server.batcher import (
+    ClientDisconnected,
+    MicroBatcher,
+    Overloaded,
+    RequestTimedOut,
+    ScoringFailed,
+    estimate_tokens,
+)
 from crossrank.server.config import ServerConfig
 from crossrank.server.indexes import IndexRegistry, index_router
 from crossrank.server.limits import BodySizeLimit
@@ -39,9 +52,24 @@ from crossrank.server.scoring import EncoderScorer, PairScorer
 
 log = logging.getLogger("crossrank.server")
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 413, 422, 500, 503)
+ERROR_MEANINGS = {
+    400: "The body is not valid JSON.",
+    401: "Missing or wrong API key.",
+    404: "No such index or document.",
+    409: "The index is busy (another process holds its writer lock), damaged, or the index limit is reached.",
+    413: "The request exceeds a documented limit (the message names it).",
+    422: "The request is well-formed JSON but invalid (the message says which field and why).",
+    499: "The client disconnected before the answer was ready (logged; nobody receives it).",
+    500: "An unexpected server failure; the message holds an id to find it in the log.",
+    503: "Overloaded, timed out, starting or shutting down; retry after the Retry-After header's seconds.",
 }
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+
+
+ERRORS = error_responses(400, 401, 413, 422, 499, 500, 503)
 
 
 def load_scorer(config: ServerConfig) -> EncoderScorer:
@@ -61,7 +89,7 @@ def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAP
             app.state.scorer = await asyncio.to_thread(load_scorer, config)
         batcher = MicroBatcher(app.state.scorer, batch_tokens=config.batch_tokens, max_wait_ms=config.max_wait_ms,
                                max_queue_pairs=config.max_queue_pairs, request_timeout_s=config.request_timeout_s,
-                               workers=config.workers, metrics=metrics)
+                               workers=config.workers, slice_tokens=config.slice_tokens, metrics=metrics)
         await batcher.start()
         app.state.batcher = batcher
         app.state.ready = True
@@ -81,11 +109,13 @@ def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAP
     app.state.scorer = scorer
     app.state.metrics = metrics
     app.state.ready = False
-    app.state.indexes = IndexRegistry(config.index_root)
+    app.state.indexes = IndexRegistry(config.index_root, max_indexes=config.max_indexes,
+                                      max_open=config.max_open_indexes)
     install_error_handlers(app)
-    app.include_router(ops_router())
-    app.include_router(rerank_router())
-    app.include_router(index_router())
+    routers = [ops_router(), rerank_router(), index_router()]
+    for router in routers:
+        app.include_router(router)
+    app.state.routes = [route for router in routers for route in router.routes]  # for 405's Allow header
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     return app
@@ -104,7 +134,7 @@ def ops_router() -> APIRouter:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @router.get("/ready", responses={503: {"model": ErrorResponse}})
+    @router.get("/ready", responses=error_responses(503))
     async def ready(request: Request) -> dict[str, str]:
         """Readiness: the model is loaded and the batcher is accepting work."""
         batcher = getattr(request.app.state, "batcher", None)
@@ -157,6 +187,22 @@ def check_limits(config: ServerConfig, body: RerankRequest, texts: list[str], me
                                      f"{config.max_chars_per_document} (max_chars_per_document)")
 
 
+async def check_request_tokens(app: FastAPI, query: str, texts: list[str], cap: int | None) -> None:
+    """Bound the work one request can cause: model tokens (query + document per pair, after truncation), counted
+    with the model's tokenizer. A scorer without one (a test double) is held to the characters / 4 estimate."""
+    config: ServerConfig = app.state.config
+    count = getattr(app.state.scorer, "count_tokens", None)
+    if count is not None:
+        total = await asyncio.to_thread(count, [query] * len(texts), texts, [cap] * len(texts))
+    else:
+        total = sum(estimate_tokens(query, text, cap) for text in texts)
+    if total > config.max_request_tokens:
+        app.state.metrics.rejected.labels("tokens").inc()
+        raise HTTPException(413, f"this request holds {total} tokens over all documents; the limit is "
+                                 f"{config.max_request_tokens} (max_request_tokens) — split it, or send "
+                                 "max_tokens_per_doc / max_chunks_per_doc to truncate long documents")
+
+
 async def rerank(request: Request, body: RerankRequest, *, api_version: str, with_usage: bool) -> RerankResponse:
     app = request.app
     config: ServerConfig = app.state.config
@@ -167,24 +213,12 @@ async def rerank(request: Request, body: RerankRequest, *, api_version: str, wit
         raise HTTPException(422, str(exc)) from exc
     check_limits(config, body, texts, metrics)
     cap = body.token_cap(getattr(app.state.scorer, "window_tokens", 256))
+    await check_request_tokens(app, body.query, texts, cap)
     batcher: MicroBatcher | None = getattr(app.state, "batcher", None)
     if batcher is None:
         raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
-    try:
-        scored = await batcher.submit([body.query] * len(texts), texts, [cap] * len(texts),
-                                      disconnected=request.is_disconnected)
-    except Overloaded as exc:
-        metrics.rejected.labels("overloaded").inc()
-        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
-    except RequestTimedOut as exc:
-        metrics.rejected.labels("timeout").inc()
-        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
-    except ClientDisconnected as exc:
-        metrics.rejected.labels("disconnected").inc()
-        raise HTTPException(499, "client disconnected") from exc
-    except Exception as exc:  # a failed batch: this request's error only, the server keeps serving
-        log.error("scoring failed", exc_info=exc, extra={"documents": len(texts)})
-        raise HTTPException(500, f"scoring failed: {type(exc).__name__}: {exc}") from exc
+    scored = await batcher.submit([body.query] * len(texts), texts, [cap] * len(texts),
+                                  disconnected=request.is_disconnected)
     order = np.argsort(-scored.logits, kind="stable")[: body.top_n]
     results = [
         RerankResult(index=int(i), relevance_score=float(np.clip(scored.probabilities[i], 0.0, 1.0)),
@@ -202,20 +236,56 @@ async def rerank(request: Request, body: RerankRequest, *, api_version: str, wit
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON with a human-readable `message` (what Cohere's clients surface)."""
+    metrics: Metrics = app.state.metrics
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"message": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})  # keeps Retry-After, WWW-Authenticate, ...
+        if exc.status_code == 405:  # Starlette names only the first route matching the path; name all of them
+            allowed = {method for route in request.app.state.routes
+                       if route.matches(request.scope)[0] is Match.PARTIAL for method in route.methods}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()]
-        return JSONResponse({"message": "; ".join(problems) or "invalid request"}, status_code=422)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            where = next(e for e in errors if e.get("type") == "json_invalid")
+            return error(400, f"the body is not valid JSON ({where.get('ctx', {}).get('error', 'parse error')})")
+        problems = [f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors]
+        return error(422, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        metrics.rejected.labels("overloaded").inc()
+        return error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(RequestTimedOut)
+    async def timed_out(request: Request, exc: RequestTimedOut) -> JSONResponse:
+        metrics.rejected.labels("timeout").inc()
+        return error(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnected)
+    async def disconnected(request: Request, exc: ClientDisconnected) -> JSONResponse:
+        metrics.rejected.labels("disconnected").inc()
+        return error(499, "client disconnected")
+
+    @app.exception_handler(ScoringFailed)
+    async def scoring_failed(request: Request, exc: ScoringFailed) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.error("scoring failed", exc_info=exc.__cause__ or exc, extra={"route": request.url.path,
+                                                                        "incident": incident})
+        return error(500, f"scoring failed (incident {incident}; details are in the server log)")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
-        return JSONResponse({"message": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        incident = uuid.uuid4().hex[:12]
+        log.error("request failed", exc_info=exc, extra={"route": request.url.path, "incident": incident})
+        return error(500, f"internal error (incident {incident}; details are in the server log)")
 
 
 class Observe:

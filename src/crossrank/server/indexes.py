@@ -6,11 +6,16 @@ batches, backpressure and failure isolation."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 
 from crossrank.model.cross_encoder import PairScores
@@ -19,18 +24,29 @@ from crossrank.server.auth import require_api_key
 from crossrank.server.batcher import MicroBatcher
 from crossrank.server.schemas import (
     INDEX_NAME,
+    NOT_BLANK,
     AddDocumentsRequest,
+    CreateIndexRequest,
     DocumentBody,
-    ErrorResponse,
     IndexChange,
+    IndexList,
     SearchRequest,
     SearchResponse,
 )
 from crossrank.store import Index, IndexConfig
-from crossrank.store.index import IndexLockedError, NotAnIndexError
+from crossrank.store.filters import UnknownFieldError
+from crossrank.store.index import (
+    DATABASE,
+    IndexExistsError,
+    IndexLockedError,
+    NotAnIndexError,
+)
 from crossrank.types import Document
 
+log = logging.getLogger("crossrank.server")
 IndexName = PathParam(pattern=INDEX_NAME, description="Index name (letters, digits, '_', '.', '-').")
+DocId = PathParam(min_length=1, max_length=512, pattern=NOT_BLANK,
+                  description="Document id; may contain '/' (percent-encode '#', '?' and '%').")
 
 
 class BatchedModel:
@@ -50,48 +66,132 @@ class BatchedModel:
         return PairScores(scored.logits, scored.probabilities, scored.windows)
 
 
-class IndexRegistry:
-    """Open indexes under one root, one handle per name for the server's lifetime (writer if the lock is free)."""
+@dataclass(eq=False)
+class _Handle:
+    index: Index
+    users: int = 0
+    retired: bool = False  # replaced or evicted: closed when its last user leaves
 
-    def __init__(self, root: Path | None) -> None:
+
+class IndexRegistry:
+    """Open indexes under one root, shared by all requests. Requests borrow an index with `lease` (so one in use is
+    never closed under them); at most `max_open` stay open (the least recently used idle ones are closed), at most
+    `max_indexes` may exist, and an index is created only when a request asks for it. A handle opened read-only
+    (a CLI writer held the lock) is upgraded the next time a write needs it."""
+
+    def __init__(self, root: Path | None, *, max_indexes: int = 100, max_open: int = 16) -> None:
         self.root = root.resolve() if root is not None else None
-        self._open: dict[str, Index] = {}
+        self.max_indexes, self.max_open = max_indexes, max_open
+        self._open: OrderedDict[str, _Handle] = OrderedDict()
         self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         if self.root is None:
             raise HTTPException(404, "this server has no index root (start it with --index-root DIR)")
         path = (self.root / name).resolve()
-        if path.parent != self.root:  # the name pattern already forbids this; checked again at the filesystem
+        if path.parent != self.root or not re.fullmatch(INDEX_NAME, name):  # the route pattern checks it too
             raise HTTPException(422, f"invalid index name {name!r}")
         return path
 
-    def get(self, name: str, create: IndexConfig | None = None) -> Index:
+    @asynccontextmanager
+    async def lease(self, name: str, *, write: bool = False,
+                    create: IndexConfig | None = None) -> AsyncIterator[Index]:
+        """Borrow the index `name` for one request: writable if `write`, created with `create` if it is missing."""
+        handle = await asyncio.to_thread(self._acquire, name, write, create)
+        try:
+            yield handle.index
+        finally:
+            self._release(handle)
+
+    def _acquire(self, name: str, write: bool, create: IndexConfig | None) -> _Handle:
         path = self.path(name)
         with self._lock:
-            index = self._open.get(name)
-            if index is None:
-                try:
-                    index = Index.open(path, writable=True)
-                except IndexLockedError:
-                    index = Index.open(path)
-                except NotAnIndexError as exc:
-                    if create is None:
-                        raise HTTPException(404, f"no index named {name!r}") from exc
-                    index = Index.create(path, create)
-                self._open[name] = index
-            return index
+            handle = self._open.get(name)
+            if handle is not None and write and not handle.index.writable:
+                index = self._open_writable(name, path)
+                self._retire(handle)
+                handle = None
+            else:
+                index = None
+            if handle is None:
+                handle = _Handle(index or self._open_index(name, path, write, create))
+                self._open[name] = handle
+            self._open.move_to_end(name)
+            handle.users += 1
+            self._evict()
+            return handle
+
+    def _release(self, handle: _Handle) -> None:
+        with self._lock:
+            handle.users -= 1
+            if handle.retired and handle.users == 0:
+                handle.index.close()
+
+    def _retire(self, handle: _Handle) -> None:
+        handle.retired = True
+        for name, open_handle in list(self._open.items()):
+            if open_handle is handle:
+                del self._open[name]
+        if handle.users == 0:
+            handle.index.close()
+
+    def _evict(self) -> None:
+        idle = [handle for handle in self._open.values() if handle.users == 0]
+        for handle in idle[: max(0, len(self._open) - self.max_open)]:
+            self._retire(handle)
+
+    @staticmethod
+    def _open_writable(name: str, path: Path) -> Index:
+        try:
+            return Index.open(path, writable=True)
+        except IndexLockedError as exc:
+            raise HTTPException(409, f"index {name!r} is being written by another process (it holds the writer "
+                                     "lock); retry when it is done", headers={"Retry-After": "1"}) from exc
+
+    def _open_index(self, name: str, path: Path, write: bool, create: IndexConfig | None) -> Index:
+        try:
+            try:
+                return Index.open(path, writable=True)
+            except IndexLockedError:
+                if write:
+                    raise
+                return Index.open(path)
+        except IndexLockedError:
+            return self._open_writable(name, path)  # raises the 409
+        except NotAnIndexError as exc:
+            if (path / DATABASE).exists():
+                log.error("index cannot be opened", exc_info=exc, extra={"index": name})
+                raise HTTPException(409, f"index {name!r} exists but cannot be opened (damaged files; details are "
+                                         "in the server log)") from exc
+            if path.exists():
+                raise HTTPException(409, f"the name {name!r} is taken by something that is not an index") from exc
+            if create is None:
+                raise HTTPException(404, f"no index named {name!r} (create it with PUT /indexes/{name})") from exc
+        except Exception as exc:  # noqa: BLE001 - a damaged index must not become a 500 with server paths
+            log.error("index cannot be opened", exc_info=exc, extra={"index": name})
+            raise HTTPException(409, f"index {name!r} cannot be opened (damaged files; details are in the server "
+                                     "log)") from exc
+        if len(self.names()) >= self.max_indexes:
+            raise HTTPException(409, f"this server already holds {self.max_indexes} indexes (max_indexes); delete "
+                                     "one or raise the limit")
+        try:
+            return Index.create(path, create)
+        except IndexExistsError:  # created by another process between our check and our rename
+            return self._open_writable(name, path)
 
     def names(self) -> list[str]:
         if self.root is None or not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "passages.sqlite").is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if re.fullmatch(INDEX_NAME, p.name) and (p / DATABASE).is_file())
+
+    def open_count(self) -> int:
+        return len(self._open)
 
     def close(self) -> None:
         with self._lock:
-            for index in self._open.values():
-                index.close()
-            self._open.clear()
+            for handle in list(self._open.values()):
+                self._retire(handle)
 
 
 def registry(request: Request) -> IndexRegistry:
@@ -106,77 +206,102 @@ async def blocking(function, *args):  # noqa: ANN001, ANN201
     """Run index work in a thread; the store's own errors become clear 4xx answers."""
     try:
         return await asyncio.to_thread(function, *args)
+    except UnknownFieldError as exc:
+        raise HTTPException(409, str(exc)) from exc
     except PermissionError as exc:
-        raise HTTPException(409, f"index is read-only here (another process holds its writer lock): {exc}") from exc
+        raise HTTPException(409, "index is read-only here (another process holds its writer lock); retry",
+                            headers={"Retry-After": "1"}) from exc
     except (ValueError, TypeError) as exc:
         raise HTTPException(422, str(exc)) from exc
 
 
 def index_router() -> APIRouter:
+    from crossrank.server.app import error_responses
+
     router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)],
-                       responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)})
+                       responses=error_responses(400, 401, 404, 409, 413, 422, 500, 503))
 
     @router.post("/search", response_model_exclude_none=True)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         """Retrieve → fuse → rerank → cut on a named index; `explain` adds the per-stage trace."""
         from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve
 
-        index = await asyncio.to_thread(registry(request).get, body.index)
-        names = body.retrievers or index.retrievers
-        unknown = sorted(set(names) - set(index.retrievers))
-        if unknown:
-            raise HTTPException(422, f"retrievers {unknown} not available; index {body.index!r} has "
-                                     f"{index.retrievers}")
-        if body.rerank_k > request.app.state.config.max_documents:
-            raise HTTPException(413, f"rerank_k={body.rerank_k} exceeds max_documents="
-                                     f"{request.app.state.config.max_documents}")
-        stages = [Retrieve(index, names, k=body.first_k)]
-        if len(names) > 1:
-            stages.append(Fuse("rrf", sources=names))
-        if body.rerank_k:
-            app = request.app
-            model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
-                                 getattr(app.state.scorer, "interpolation", None))
-            weight = "model" if body.first_stage_weight is None else body.first_stage_weight
-            stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))  # type: ignore[arg-type]
-        pipeline = Pipeline([*stages, Cut(body.k)])
-        result = await blocking(pipeline.search, body.query, body.filters)
+        config = request.app.state.config
+        if body.rerank_k > config.max_documents:
+            raise HTTPException(413, f"rerank_k={body.rerank_k} exceeds max_documents={config.max_documents}")
+        async with registry(request).lease(body.index) as index:
+            if body.rerank_k * index.config.passage_tokens > config.max_request_tokens:
+                raise HTTPException(413, f"rerank_k={body.rerank_k} passages of up to {index.config.passage_tokens} "
+                                         f"tokens exceed max_request_tokens={config.max_request_tokens}")
+            names = body.retrievers or index.retrievers
+            unknown = sorted(set(names) - set(index.retrievers))
+            if unknown:
+                raise HTTPException(409, f"retrievers {unknown} not available; index {body.index!r} has "
+                                         f"{index.retrievers}")
+            stages = [Retrieve(index, names, k=body.first_k)]
+            if len(names) > 1:
+                stages.append(Fuse("rrf", sources=names))
+            if body.rerank_k:
+                app = request.app
+                model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
+                                     getattr(app.state.scorer, "interpolation", None))
+                weight = "model" if body.first_stage_weight is None else body.first_stage_weight
+                stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))  # type: ignore[arg-type]
+            pipeline = Pipeline([*stages, Cut(body.k)])
+            result = await blocking(pipeline.search, body.query, body.filter_dict())
         out = result.to_dict()
         return SearchResponse(index=body.index, query=body.query, results=out["results"],
                               pipeline=repr(pipeline) if body.explain else None,
                               trace=out["trace"] if body.explain else None)
 
     @router.get("/indexes")
-    async def list_indexes(request: Request) -> dict[str, list[str]]:
+    async def list_indexes(request: Request) -> IndexList:
         """Names of the indexes under the server's index root."""
-        return {"indexes": registry(request).names()}
+        return IndexList(indexes=registry(request).names())
+
+    @router.put("/indexes/{name}", status_code=201, responses={200: {"model": IndexChange,
+                                                                     "description": "The index already exists."}})
+    async def create_index(request: Request, response: Response, body: CreateIndexRequest | None = None,
+                           name: str = IndexName) -> IndexChange:
+        """Create an empty index (201), or answer 200 if it exists; writes to a missing index are 404, so a typo
+        in a name never creates one."""
+        existed = (registry(request).path(name) / DATABASE).is_file()
+        config = IndexConfig(dense=body.dense if body is not None else True)
+        async with registry(request).lease(name, create=config) as index:
+            if existed:
+                response.status_code = 200
+            return change(name, index, index.generation)
 
     @router.post("/indexes/{name}/documents")
-    async def add_documents(body: AddDocumentsRequest, request: Request, name: str = IndexName) -> IndexChange:
-        """Add (or replace, by id) documents and commit; creates the index on first use."""
+    async def add_documents(body: AddDocumentsRequest, request: Request, name: str = IndexName,
+                            create: bool = Query(False, description="Create the index if it does not exist.")
+                            ) -> IndexChange:
+        """Add (or replace, by id) documents and commit; 404 for a missing index unless `create=true`."""
         limit = request.app.state.config.max_documents
         if len(body.documents) > limit:
-            raise HTTPException(413, f"{len(body.documents)} documents in one request; the limit is {limit}")
-        index = await asyncio.to_thread(registry(request).get, name, IndexConfig(dense=body.dense))
+            raise HTTPException(413, f"{len(body.documents)} documents in one request; the limit is {limit} "
+                                     "(max_documents)")
         documents = [Document(text=d.text, title=d.title, id=d.id, metadata=d.metadata) for d in body.documents]
-        await blocking(index.add, documents)
-        return change(name, index, await blocking(index.commit))
+        async with registry(request).lease(name, write=True,
+                                           create=IndexConfig(dense=body.dense) if create else None) as index:
+            await blocking(index.add, documents)
+            return change(name, index, await blocking(index.commit))
 
-    @router.put("/indexes/{name}/documents/{doc_id}")
+    @router.put("/indexes/{name}/documents/{doc_id:path}")
     async def update_document(body: DocumentBody, request: Request, name: str = IndexName,
-                              doc_id: str = PathParam(min_length=1, max_length=512)) -> IndexChange:
+                              doc_id: str = DocId) -> IndexChange:
         """Replace one document (or add it under this id) and commit."""
-        index = await asyncio.to_thread(registry(request).get, name)
-        await blocking(index.add, [Document(text=body.text, title=body.title, id=doc_id, metadata=body.metadata)])
-        return change(name, index, await blocking(index.commit))
+        async with registry(request).lease(name, write=True) as index:
+            await blocking(index.add, [Document(text=body.text, title=body.title, id=doc_id,
+                                                metadata=body.metadata)])
+            return change(name, index, await blocking(index.commit))
 
-    @router.delete("/indexes/{name}/documents/{doc_id}")
-    async def delete_document(request: Request, name: str = IndexName,
-                              doc_id: str = PathParam(min_length=1, max_length=512)) -> IndexChange:
+    @router.delete("/indexes/{name}/documents/{doc_id:path}")
+    async def delete_document(request: Request, name: str = IndexName, doc_id: str = DocId) -> IndexChange:
         """Delete one document and commit; 404 if the id is not in the index."""
-        index = await asyncio.to_thread(registry(request).get, name)
-        if await blocking(index.delete, [doc_id]):
-            raise HTTPException(404, f"no document {doc_id!r} in index {name!r}")
-        return change(name, index, await blocking(index.commit))
+        async with registry(request).lease(name, write=True) as index:
+            if await blocking(index.delete, [doc_id]):
+                raise HTTPException(404, f"no document {doc_id!r} in index {name!r}")
+            return change(name, index, await blocking(index.commit))
 
     return router

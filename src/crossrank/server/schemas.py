@@ -1,14 +1,29 @@
 """Request and response bodies for the rerank endpoints, shaped exactly as Cohere's v1/v2 and Jina's clients
-send and parse them. Unknown request fields are ignored (clients add new ones, e.g. Cohere's `priority`);
-optional fields accept explicit nulls because the SDKs send them."""
+send and parse them. Unknown rerank request fields are ignored (clients add new ones, e.g. Cohere's `priority`);
+optional fields accept explicit nulls because the SDKs send them. Types are exact (`true` is not 1, "3" is not 3;
+3.0 is 3, as JSON Schema says), and no string anywhere in a request may hold a lone surrogate (JSON allows
+`"\ud800"`; UTF-8 does not), so such text is a 422 here instead of a failure deep in the tokenizer or the database.
+The published schema says everything the validation checks, so a schema-valid request is never refused as
+invalid."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
+from typing_extensions import TypedDict
 
-DocumentIn = str | dict[str, Any]
+# At least one character str.strip() keeps. Spelled out because `\s` means different sets in Python, Rust (pydantic)
+# and ECMA (JSON Schema) regexes, and the published pattern must accept exactly what validation accepts.
+NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 def _not_blank(query: str) -> str:
@@ -17,48 +32,97 @@ def _not_blank(query: str) -> str:
     return query
 
 
-QueryText = Annotated[str, Field(min_length=1, description="The search query."), AfterValidator(_not_blank)]
+QueryText = Annotated[str, Field(description="The search query.", json_schema_extra={"pattern": NOT_BLANK}),
+                      AfterValidator(_not_blank)]
 
 
-def document_text(document: DocumentIn, index: int, rank_fields: list[str] | None) -> str:
+class TextDocument(TypedDict):
+    """A document object: `text` plus any other fields, which are echoed back and may be named in rank_fields."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    text: str
+
+
+DocumentIn = str | TextDocument
+
+
+def document_text(document: DocumentIn, rank_fields: list[str] | None) -> str:
     """The text the model reads: the string itself, an object's `text`, or its `rank_fields` as "key: value"
-    lines in the given order (Cohere v1)."""
+    lines in the given order (Cohere v1). Fields a document lacks are skipped; with none of them, its text."""
     if isinstance(document, str):
         return document
     if rank_fields is None:
-        text = document.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"documents[{index}]: an object needs a string 'text' field (or pass rank_fields)")
-        return text
+        return document["text"]
     lines = []
     for name in rank_fields:
         value = document.get(name)
-        if value is None:
-            raise ValueError(f"documents[{index}]: rank field {name!r} is missing")
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"documents[{index}]: rank field {name!r} must be a string or number")
-        lines.append(f"{name}: {value}")
-    return "\n".join(lines)
+        if value is not None:
+            lines.append(f"{name}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
+    return "\n".join(lines) if lines else document["text"]
 
 
 def document_out(document: DocumentIn) -> dict[str, Any]:
     """How a returned document is echoed: strings as {"text": ...}, objects unchanged."""
-    return {"text": document} if isinstance(document, str) else document
+    return {"text": document} if isinstance(document, str) else dict(document)
 
 
-class RerankRequest(BaseModel):
+def _unicode_problem(value: Any, where: str) -> str | None:
+    """Where a lone surrogate hides in a JSON value, if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where or 'body'}: character {exc.start} is a lone surrogate ({value[exc.start]!a}), not text"
+        return None
+    if isinstance(value, dict):
+        items = list(value.items())
+        for key, _ in items:
+            if (problem := _unicode_problem(key, f"{where}.<key>" if where else "<key>")) is not None:
+                return problem
+        pairs = ((f"{where}.{key}" if where else str(key), item) for key, item in items)
+    elif isinstance(value, list):
+        pairs = ((f"{where}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return None
+    return next((problem for path, item in pairs if (problem := _unicode_problem(item, path)) is not None), None)
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: unknown fields refused, only encodable text, numbers that are JSON numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact(cls, data: Any) -> Any:
+        if (problem := _unicode_problem(data, "")) is not None:
+            raise ValueError(problem)
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                kinds = [get_args(k)[0] if get_origin(k) is Annotated else k
+                         for k in (get_args(info.annotation) or (info.annotation,)) if k is not type(None)]
+                numeric = all(kind in (int, float) for kind in kinds)
+                if numeric and isinstance(value, (bool, str)):
+                    raise ValueError(f"{name}: expected a JSON number, got {type(value).__name__} {value!r}")
+        return data
+
+
+class RerankRequest(RequestBody):
     """Fields common to Cohere v1/v2 and Jina rerank requests."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Accepted for compatibility; the server's loaded model answers.")
     query: QueryText
-    documents: list[DocumentIn] = Field(description="Strings or objects with a string `text` field.")
-    top_n: int | None = Field(None, ge=1, description="Return only the best N results (default: all).")
-    return_documents: bool | None = Field(None, description="Echo each document in its result (default false).")
+    documents: list[DocumentIn] = Field(min_length=1, description="Strings or objects with a string `text` field.")
+    top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Return only the best N results (default: "
+                                                                        "all).")
+    return_documents: StrictBool | None = Field(None, description="Echo each document in its result (default "
+                                                                  "false).")
 
     def texts(self) -> list[str]:
-        return [document_text(document, i, None) for i, document in enumerate(self.documents)]
+        return [document_text(document, None) for document in self.documents]
 
     def token_cap(self, window_tokens: int) -> int | None:
         return None
@@ -67,11 +131,14 @@ class RerankRequest(BaseModel):
 class RerankV1Request(RerankRequest):
     """Cohere v1 (and Jina): `rank_fields` picks object fields to read; `max_chunks_per_doc` caps long documents."""
 
-    rank_fields: list[str] | None = Field(None, min_length=1, description="Object fields to rank on, in order.")
-    max_chunks_per_doc: int | None = Field(None, ge=1, description="Read at most this many windows per document.")
+    rank_fields: list[str] | None = Field(None, min_length=1, description="Object fields to rank on, in order, read "
+                                          "as 'name: value' lines; fields a document lacks are skipped (with none "
+                                          "of them, its text is read).")
+    max_chunks_per_doc: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Read at most this many windows per document.")
 
     def texts(self) -> list[str]:
-        return [document_text(document, i, self.rank_fields) for i, document in enumerate(self.documents)]
+        return [document_text(document, self.rank_fields) for document in self.documents]
 
     def token_cap(self, window_tokens: int) -> int | None:
         return None if self.max_chunks_per_doc is None else self.max_chunks_per_doc * window_tokens
@@ -80,7 +147,8 @@ class RerankV1Request(RerankRequest):
 class RerankV2Request(RerankRequest):
     """Cohere v2: `max_tokens_per_doc` truncates each document to that many tokens."""
 
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="Truncate documents to this many tokens.")
+    max_tokens_per_doc: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Truncate documents to this many tokens.")
 
     def token_cap(self, window_tokens: int) -> int | None:
         return self.max_tokens_per_doc
@@ -134,22 +202,56 @@ INDEX_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Index names: letters, digits, '_', '.', '-', not starting with '.', so no name can leave the index root."""
 
 
-class SearchRequest(BaseModel):
-    """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
+FilterValue = StrictBool | int | float | str
 
-    model_config = ConfigDict(extra="forbid")
+
+class FilterRange(RequestBody):
+    """A range (or inequality) on one field; values compare as stored (numbers numerically, ISO dates as text)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    gt: FilterValue = None  # type: ignore[assignment]  # absent, never null
+    gte: FilterValue = None  # type: ignore[assignment]
+    lt: FilterValue = None  # type: ignore[assignment]
+    lte: FilterValue = None  # type: ignore[assignment]
+    ne: FilterValue = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> FilterRange:
+        if not self.model_fields_set:
+            raise ValueError("an empty range; give at least one of gt, gte, lt, lte, ne")
+        return self
+
+
+FilterCondition = FilterValue | Annotated[list[FilterValue], Field(min_length=1)] | FilterRange
+
+
+class SearchRequest(RequestBody):
+    """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
 
     index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
     query: QueryText
     k: int = Field(10, ge=1, le=1000, description="Results to return.")
-    filters: dict[str, Any] | None = Field(None, description='Metadata filters, e.g. {"lang": "en"}.')
-    retrievers: list[str] | None = Field(None, min_length=1, description="bm25 and/or dense (default: all).")
+    filters: dict[str, FilterCondition] | None = Field(
+        None, description='Metadata filters, all of which must hold: {"lang": "en"} (equal), {"lang": ["en", "de"]} '
+                          '(any of), {"year": {"gte": 2020, "lt": 2024}} (range). A field no document in the index '
+                          'has is a 409 (so typos are caught).')
+
+    def filter_dict(self) -> dict[str, Any] | None:
+        """The filters as `crossrank.store.filters` reads them."""
+        if self.filters is None:
+            return None
+        return {name: condition.model_dump(include=condition.model_fields_set)
+                if isinstance(condition, FilterRange) else condition for name, condition in self.filters.items()}
+    retrievers: list[Literal["bm25", "dense"]] | None = Field(
+        None, min_length=1, description="bm25 and/or dense (default: all the index has; dense on an index without "
+                                        "vectors is a 409).")
     first_k: int = Field(100, ge=1, le=10000, description="Candidates per retriever.")
     rerank_k: int = Field(50, ge=0, le=1000, description="Candidates the cross-encoder rescores (0: none).")
-    first_stage_weight: float | None = Field(
-        None, ge=0, lt=1, description="Weight of the first stage's z-scored score in the final score (default: the "
+    first_stage_weight: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        None, description="Weight of the first stage's z-scored score in the final score (default: the "
                                       "model's fusion.json; 0: the cross-encoder alone).")
-    explain: bool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
+    explain: StrictBool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
 
 
 class SearchHit(BaseModel):
@@ -172,23 +274,23 @@ class SearchResponse(BaseModel):
     trace: list[dict[str, Any]] | None = None
 
 
-class DocumentBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text: str
+class DocumentBody(RequestBody):
+    text: str = Field(pattern=NOT_BLANK, description="The document's text (not blank: delete the id instead).")
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class IndexDocument(DocumentBody):
-    id: str = Field(min_length=1, max_length=512)
+    id: str = Field(min_length=1, max_length=512, pattern=NOT_BLANK)
 
 
-class AddDocumentsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AddDocumentsRequest(RequestBody):
     documents: list[IndexDocument] = Field(min_length=1)
-    dense: bool = Field(True, description="Only when this request creates the index: also store dense vectors.")
+    dense: StrictBool = Field(True, description="Only when this request creates the index: also store dense vectors.")
+
+
+class CreateIndexRequest(RequestBody):
+    dense: StrictBool = Field(True, description="Also store dense vectors (for the `dense` retriever).")
 
 
 class IndexChange(BaseModel):
@@ -196,3 +298,7 @@ class IndexChange(BaseModel):
     generation: int
     documents: int
     passages: int
+
+
+class IndexList(BaseModel):
+    indexes: list[str]

@@ -18,6 +18,10 @@ COLUMNS = {"doc_id": "doc_id", "title": "title"}
 SCALARS = (str, int, float, bool)
 
 
+class UnknownFieldError(ValueError):
+    """A filter names a field no document in the index has."""
+
+
 def _column(field: str) -> tuple[str, list[Any]]:
     if field in COLUMNS:
         return COLUMNS[field], []
@@ -38,7 +42,7 @@ def filter_sql(filters: Mapping[str, Any], known_fields: Collection[str]) -> tup
     for field, condition in filters.items():
         if not isinstance(field, str) or (field not in COLUMNS and field not in known_fields):
             known = sorted({*COLUMNS, *known_fields})
-            raise ValueError(f"unknown filter field {field!r}; fields in this index: {', '.join(known)}")
+            raise UnknownFieldError(f"unknown filter field {field!r}; fields in this index: {', '.join(known)}")
         column, column_params = _column(field)
         if isinstance(condition, Mapping):
             if not condition:
