@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from crossrank.cli.app import app
-from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
+from crossrank.train.loss_names import LABEL_LOSS_NAMES, TEACHER_LOSS_NAMES
 
 
 @app.command()
@@ -18,8 +18,8 @@ def train(
     train_specs: Annotated[list[str] | None, typer.Option("--train", help="DATASET[:split], repeatable.")] = None,
     train_lists: Annotated[list[str] | None, typer.Option("--train-lists", help="Prepared lists file, repeatable.")] = None,
     dev: Annotated[str | None, typer.Option(help="DATASET[:split] for dev nDCG@10 and checkpoint selection.")] = None,
-    loss: Annotated[str, typer.Option(help=f"Label loss: {', '.join(sorted(LABEL_LOSSES))} or none.")] = "listwise",
-    teacher_loss: Annotated[str, typer.Option(help=f"Distillation loss: {', '.join(sorted(TEACHER_LOSSES))} or none.")] = "none",
+    loss: Annotated[str, typer.Option(help=f"Label loss: {', '.join(sorted(LABEL_LOSS_NAMES))} or none.")] = "listwise",
+    teacher_loss: Annotated[str, typer.Option(help=f"Distillation loss: {', '.join(sorted(TEACHER_LOSS_NAMES))} or none.")] = "none",
     teacher: Annotated[str, typer.Option(help="Bi-encoder teacher dir, or 'minilm' (bundled).")] = "minilm",
     steps: Annotated[int, typer.Option(help="Optimizer steps (upper bound with --max-minutes).")] = 1000,
     max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget; the LR schedule follows it.")] = None,

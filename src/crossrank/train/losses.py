@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crossrank.train.loss_names import LABEL_LOSS_NAMES, TEACHER_LOSS_NAMES
+
 NEG = -1e4
 
 
@@ -101,3 +103,4 @@ def margin_mse(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) 
 LABEL_LOSSES = {"bce": pointwise_bce, "ranknet": ranknet, "lambda": lambda s, y, m: ranknet(s, y, m, True),
                 "hinge": margin_hinge, "listwise": listwise_ce}
 TEACHER_LOSSES = {"kl": kl_distillation, "margin-mse": margin_mse}
+assert tuple(LABEL_LOSSES) == LABEL_LOSS_NAMES and tuple(TEACHER_LOSSES) == TEACHER_LOSS_NAMES
