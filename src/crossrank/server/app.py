@@ -191,6 +191,9 @@ async def check_request_tokens(app: FastAPI, query: str, texts: list[str], cap: 
     """Bound the work one request can cause: model tokens (query + document per pair, after truncation), counted
     with the model's tokenizer. A scorer without one (a test double) is held to the characters / 4 estimate."""
     config: ServerConfig = app.state.config
+    characters = sum(len(query) + (len(text) if cap is None else min(len(text), cap)) for text in texts)
+    if characters <= config.max_request_tokens:
+        return  # a WordPiece token covers at least one character: no need to tokenize to know it fits
     count = getattr(app.state.scorer, "count_tokens", None)
     if count is not None:
         total = await asyncio.to_thread(count, [query] * len(texts), texts, [cap] * len(texts))

@@ -108,14 +108,11 @@ class IndexRegistry:
         with self._lock:
             handle = self._open.get(name)
             if handle is not None and write and not handle.index.writable:
-                index = self._open_writable(name, path)
-                self._retire(handle)
-                handle = None
-            else:
-                index = None
-            if handle is None:
-                handle = _Handle(index or self._open_index(name, path, write, create))
-                self._open[name] = handle
+                upgraded = _Handle(self._open_writable(name, path))
+                self._retire(name)
+                handle = self._open[name] = upgraded
+            elif handle is None:
+                handle = self._open[name] = _Handle(self._open_index(name, path, write, create))
             self._open.move_to_end(name)
             handle.users += 1
             self._evict()
@@ -127,37 +124,38 @@ class IndexRegistry:
             if handle.retired and handle.users == 0:
                 handle.index.close()
 
-    def _retire(self, handle: _Handle) -> None:
+    def _retire(self, name: str) -> None:
+        handle = self._open.pop(name)
         handle.retired = True
-        for name, open_handle in list(self._open.items()):
-            if open_handle is handle:
-                del self._open[name]
         if handle.users == 0:
             handle.index.close()
 
     def _evict(self) -> None:
-        idle = [handle for handle in self._open.values() if handle.users == 0]
-        for handle in idle[: max(0, len(self._open) - self.max_open)]:
-            self._retire(handle)
+        idle = [name for name, handle in self._open.items() if handle.users == 0]
+        for name in idle[: max(0, len(self._open) - self.max_open)]:
+            self._retire(name)
 
     @staticmethod
-    def _open_writable(name: str, path: Path) -> Index:
+    def _busy(name: str) -> HTTPException:
+        return HTTPException(409, f"index {name!r} is being written by another process (it holds the writer lock); "
+                                  "retry when it is done", headers={"Retry-After": "1"})
+
+    def _open_writable(self, name: str, path: Path) -> Index:
         try:
             return Index.open(path, writable=True)
         except IndexLockedError as exc:
-            raise HTTPException(409, f"index {name!r} is being written by another process (it holds the writer "
-                                     "lock); retry when it is done", headers={"Retry-After": "1"}) from exc
+            raise self._busy(name) from exc
 
     def _open_index(self, name: str, path: Path, write: bool, create: IndexConfig | None) -> Index:
         try:
             try:
                 return Index.open(path, writable=True)
-            except IndexLockedError:
+            except IndexLockedError as exc:
                 if write:
-                    raise
+                    raise self._busy(name) from exc
                 return Index.open(path)
-        except IndexLockedError:
-            return self._open_writable(name, path)  # raises the 409
+        except HTTPException:
+            raise
         except NotAnIndexError as exc:
             if (path / DATABASE).exists():
                 log.error("index cannot be opened", exc_info=exc, extra={"index": name})
@@ -190,8 +188,8 @@ class IndexRegistry:
 
     def close(self) -> None:
         with self._lock:
-            for handle in list(self._open.values()):
-                self._retire(handle)
+            for name in list(self._open):
+                self._retire(name)
 
 
 def registry(request: Request) -> IndexRegistry:

@@ -8,6 +8,7 @@ invalid."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -98,14 +99,21 @@ class RequestBody(BaseModel):
         if (problem := _unicode_problem(data, "")) is not None:
             raise ValueError(problem)
         if isinstance(data, dict):
-            for name, info in cls.model_fields.items():
-                value = data.get(name)
-                kinds = [get_args(k)[0] if get_origin(k) is Annotated else k
-                         for k in (get_args(info.annotation) or (info.annotation,)) if k is not type(None)]
-                numeric = all(kind in (int, float) for kind in kinds)
-                if numeric and isinstance(value, (bool, str)):
+            for name in _numeric_fields(cls):
+                if isinstance(value := data.get(name), (bool, str)):
                     raise ValueError(f"{name}: expected a JSON number, got {type(value).__name__} {value!r}")
         return data
+
+
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """Fields typed only as numbers (int, float, optionally None), where lax parsing would take `true` or "3"."""
+    def kinds(annotation: Any) -> list[Any]:
+        return [get_args(k)[0] if get_origin(k) is Annotated else k
+                for k in (get_args(annotation) or (annotation,)) if k is not type(None)]
+
+    return tuple(name for name, info in model.model_fields.items()
+                 if all(kind in (int, float) for kind in kinds(info.annotation)))
 
 
 class RerankRequest(RequestBody):

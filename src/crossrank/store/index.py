@@ -173,6 +173,7 @@ class Index:
             self._sync_bm25()
         elif self.bm25.generation < self._committed_generation():
             self._repair_bm25()
+        self._bm25_behind = self.bm25.generation < self._committed_generation()  # `refresh` looks again while so
         self._load_dense()
 
     # ---- opening -------------------------------------------------------------------------------------------
@@ -498,10 +499,11 @@ class Index:
         """Catch up with commits made by a writer in another process (cheap when there are none)."""
         with self._lock:
             committed = self._committed_generation()
-            if committed != self.generation or self.bm25.generation < committed:
+            if committed != self.generation or self._bm25_behind:
                 self.bm25.reload()
                 if not self.writable and self.bm25.generation < committed:
                     self._repair_bm25()
+                self._bm25_behind = self.bm25.generation < committed
                 self._catch_up()
 
     # ---- reading --------------------------------------------------------------------------------------------
