@@ -268,9 +268,28 @@ def test_ingest_reports_and_indexes_a_folder(tmp_path: Path, folder: Path, tiny_
         assert len(report.skipped) == 5
         [hits] = index.retrieve("bm25", [Query("espresso coffee")], 3)
         assert hits[0].doc_id == "sub/page.html"
-        again = index.ingest([folder])  # re-ingesting replaces, never duplicates
+        generation = index.generation
+        again = index.ingest([folder])  # re-ingesting replaces, never duplicates; unchanged files are not re-embedded
         assert index.count() == {"documents": 7, "passages": 7} and again.documents == 7
+        assert (again.unchanged, again.passages, again.commits, index.generation) == (7, 0, 0, generation)
         assert set(index.fields()) >= {"lang", "year", "source", "timestamp", "url"}
+
+
+def test_reindexing_an_edited_file_rewrites_only_that_file(tmp_path: Path, tiny_index_config: IndexConfig):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("owls hunt at night")
+    (docs / "b.txt").write_text("bees make honey")
+    with Index.create(tmp_path / "index", tiny_index_config) as index:
+        index.ingest([docs])
+        (docs / "b.txt").write_text("bees make honey and wax")
+        edited = index.ingest([docs])
+        assert (edited.documents, edited.unchanged, edited.passages, edited.commits) == (2, 1, 1, 1)
+        assert index.last_commit.written == 1 and index.last_commit.unchanged == 1
+        assert [p.text for p in index.passages("b.txt")] == ["bees make honey and wax"]
+        index.add([Document("owls hunt at night", id="a.txt", metadata={"source": "elsewhere"})])
+        index.commit()  # same text, new metadata: rewritten, since the stored fields must follow
+        assert index.last_commit.written == 1 and index.passages("a.txt")[0].metadata["source"] == "elsewhere"
 
 
 def test_threads_search_while_another_thread_commits(tmp_path: Path, tiny_index_config: IndexConfig):

@@ -112,12 +112,26 @@ class IndexConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+@dataclass(frozen=True)
+class CommitSummary:
+    """What one commit wrote: documents (re)indexed and their passages, documents deleted, and documents left as
+    they were because the staged version equals the indexed one."""
+
+    written: int = 0
+    passages: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+
 @dataclass
 class IngestReport:
-    """Counts for one ingest; `skipped` lists (file or file:line, reason), `warnings` (file, what was guessed)."""
+    """Counts for one ingest: `documents` read, of which `unchanged` were already indexed exactly so (kept, not
+    re-embedded); `passages` written; `skipped` lists (file or file:line, reason), `warnings` (file, what was
+    guessed)."""
 
     files: int = 0
     documents: int = 0
+    unchanged: int = 0
     passages: int = 0
     commits: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -167,6 +181,7 @@ class Index:
         self.dense: DenseIndex | None = None
         self.generation = 0  # what this handle has loaded
         self._pending: dict[str, Document | None] = {}  # id -> latest staged state (None: delete)
+        self.last_commit = CommitSummary()
         self._in_flight: dict[str, Document | None] = {}  # what the running commit is writing
         self._row_cache: dict[int, tuple[Any, ...]] = {}
         if writable:
@@ -345,20 +360,29 @@ class Index:
                 batch, self._pending = self._pending, {}
                 self._in_flight = batch
             if not batch:
+                self.last_commit = CommitSummary()
                 return self.generation
             try:
                 documents = [document for document in batch.values() if document is not None]
-                rows = []
+                rows, unchanged = [], set()
                 for document, passages in zip(documents, self.chunker.split([d.text for d in documents]),
                                               strict=True):
                     metadata = json.dumps(dict(document.metadata), ensure_ascii=False, default=str)
-                    rows += [(f"{document.id}#{p}", document.id, p, document.title, text, metadata)
-                             for p, text in enumerate(passages)]
+                    new = [(f"{document.id}#{p}", document.id, p, document.title, text, metadata)
+                           for p, text in enumerate(passages)]
+                    if self._indexed_rows(document.id) == new:
+                        unchanged.add(document.id)  # same passages: re-embedding would only cost time
+                    else:
+                        rows += new
                 vectors: list[bytes | None] = [None] * len(rows)
                 if self.config.dense and rows:
                     contents = [Document(text=r[4], title=r[3]).content for r in rows]
                     vectors = [v.tobytes() for v in self.encoder.encode(contents, show_progress_bar=show_progress)]
-                generation = self._write(rows, vectors, set(batch), {k for d in documents for k in d.metadata})
+                replaced = set(batch) - unchanged
+                self.last_commit = CommitSummary(len(documents) - len(unchanged), len(rows),
+                                                 len(batch) - len(documents), len(unchanged))
+                generation = self.generation if not replaced else self._write(
+                    rows, vectors, replaced, {k for d in documents for k in d.metadata})
             except BaseException:
                 with self._lock:
                     self._pending = {**batch, **self._pending}
@@ -369,6 +393,12 @@ class Index:
                 self._sync_bm25()
                 self._catch_up()
             return generation
+
+    def _indexed_rows(self, doc_id: str) -> list[tuple[Any, ...]]:
+        """The live passages of `doc_id` as commit builds them (pid, doc_id, position, title, text, metadata)."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT pid, doc_id, position, title, text, metadata FROM passages WHERE doc_id = ? AND deleted IS NULL "
+            "ORDER BY position", (doc_id,))]
 
     def _write(self, rows: list[tuple[Any, ...]], vectors: list[bytes | None], replaced: set[str],
                names: set[str]) -> int:
@@ -399,20 +429,24 @@ class Index:
             raise ValueError(f"commit_every must be positive, got {commit_every}")
         loaded = LoadReport()
         report = IngestReport()
-        before = self.count()["passages"]
+
+        def commit() -> None:
+            before = self.generation
+            self.commit(show_progress=show_progress)
+            report.commits += self.generation != before
+            report.unchanged += self.last_commit.unchanged
+            report.passages += self.last_commit.passages
+
         with tqdm(desc="ingest", unit="doc", disable=not show_progress) as progress:
             for document in load_documents(paths, mapping, max_file_bytes, report=loaded):
                 self.add([document])
                 progress.update(1)
                 if self.staged >= commit_every:
-                    self.commit(show_progress=show_progress)
-                    report.commits += 1
+                    commit()
         if self.staged:
-            self.commit(show_progress=show_progress)
-            report.commits += 1
+            commit()
         report.files, report.documents = loaded.files, loaded.documents
         report.skipped, report.warnings = loaded.skipped, loaded.warnings
-        report.passages = self.count()["passages"] - before
         return report
 
     # ---- keeping derived structures in step -----------------------------------------------------------------
