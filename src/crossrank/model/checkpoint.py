@@ -135,9 +135,12 @@ class Checkpoint:
         import torch
         from transformers import AutoModel, AutoModelForSequenceClassification
 
+        from crossrank.model.library_output import library_output_as_debug
+
         loader = AutoModelForSequenceClassification if head == "classification" else AutoModel
         try:
-            model = loader.from_pretrained(str(self.path), dtype=torch.float32, local_files_only=True)
+            with library_output_as_debug():
+                model = loader.from_pretrained(str(self.path), dtype=torch.float32, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load {self.path} as a {head} model: {exc}") from exc
         return model.eval()

@@ -21,6 +21,7 @@ import torch
 from crossrank.model.checkpoint import Checkpoint, cache_dir
 from crossrank.model.gated import is_gated
 from crossrank.model.graphs import Head, build_graph, input_names
+from crossrank.model.library_output import library_output_as_debug
 
 Quantize = Literal["int8"] | None
 QUANTIZATIONS = (None, "int8")
@@ -45,7 +46,7 @@ def onnx_model_path(checkpoint: Checkpoint, head: Head, quantize: Quantize = Non
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory / ".lock"):
+    with _locked(directory / ".lock"), library_output_as_debug():
         fp32 = directory / "model.onnx"
         if not fp32.is_file():
             _export_fp32(checkpoint, head, fp32)
@@ -77,7 +78,7 @@ def _atomic_target(target: Path) -> Iterator[Path]:
 
 
 def _export_fp32(checkpoint: Checkpoint, head: Head, target: Path) -> None:
-    log.info("exporting %s (%s) to ONNX", checkpoint.path, head)
+    log.info("exporting %s to ONNX once (cached under %s)", checkpoint.path.name, target.parent)
     graph = build_graph(checkpoint, head)
     if hasattr(getattr(graph, "model", None), "set_attn_implementation"):
         # Traced SDPA attention (transformers' default) hides the pattern ONNX Runtime's fusion matches, leaving
@@ -134,6 +135,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    log.info("quantising it to int8 once")
     # The fused graph holds contrib ops shape inference cannot type; their outputs are float.
     options = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
     with _atomic_target(target) as tmp:

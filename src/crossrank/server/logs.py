@@ -6,7 +6,8 @@ import json
 import logging
 import time
 
-STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Record attributes that are not the request's fields; uvicorn's `color_message` repeats `msg` with ANSI codes.
+STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

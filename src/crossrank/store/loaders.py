@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from crossrank.model.library_output import library_output_as_debug
 from crossrank.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
@@ -144,7 +145,7 @@ def load_file(file: Path, root: Path, mapping: FieldMapping, report: LoadReport)
         title, text = _pdf(file)
     else:
         raw = file.read_bytes()
-        if b"\x00" in raw[:8192]:
+        if looks_binary(raw):
             raise SkipFile("binary content")
         text = decode(raw, str(file), report)
         if suffix in HTML_SUFFIXES:
@@ -233,12 +234,60 @@ def _pdf(file: Path) -> tuple[str, str]:
     from pypdf.errors import PdfReadError
 
     try:
-        reader = PdfReader(file)
-        pages = [page.extract_text() or "" for page in reader.pages]
-        title = (reader.metadata.title if reader.metadata else None) or ""
+        with library_output_as_debug("pypdf"):  # its parser errors would print before our one-line reason
+            reader = PdfReader(file)
+            pages = [page.extract_text() or "" for page in reader.pages]
+            title = (reader.metadata.title if reader.metadata else None) or ""
     except (PdfReadError, ValueError, KeyError) as exc:
         raise SkipFile(f"unreadable PDF ({exc})") from exc
     return str(title), "\n\n".join(page.strip() for page in pages if page.strip())
+
+
+def looks_binary(raw: bytes) -> bool:
+    """A NUL byte near the start: no text encoding we read produces one."""
+    return b"\x00" in raw[:8192]
+
+
+def documents_to_rerank(raw: bytes, name: str, suffix: str, report: LoadReport) -> list[Any]:
+    """The candidates of one rerank input, in order. `.jsonl`: one JSON object per line; `.csv`: rows under a
+    header; anything else (and stdin): one document per line, where a line that is a JSON object is read as one.
+    Objects keep their fields (the result echoes them); a CSV row becomes one with id/title/text named as
+    `index` reads them. Anything that cannot be a
+    candidate raises ValueError naming its line: a reranked list must not silently lose or invent candidates."""
+    if suffix in (".pdf", *HTML_SUFFIXES):
+        raise ValueError(f"{name}: rerank reads JSON lines, CSV or plain text (one document per line); index "
+                         f"{suffix} files with `crossrank index` and use `crossrank search`")
+    if looks_binary(raw):
+        raise ValueError(f"{name} is not text (it holds NUL bytes)")
+    try:
+        text = decode(raw, name, report)
+    except SkipFile as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    mapping = FieldMapping()
+    if suffix == ".csv":
+        rows: Iterator[tuple[int, Any]] = _csv_rows(text)
+    elif suffix == ".jsonl":
+        rows = _json_lines(text)
+    else:
+        rows = _text_lines(text)
+    documents: list[Any] = []
+    for number, row in rows:
+        try:
+            if isinstance(row, SkipFile):
+                raise row
+            if isinstance(row, str):
+                documents.append(row)
+                continue
+            if not isinstance(row, Mapping):
+                raise SkipFile("not a JSON object")
+            document = mapping.document(row, str(len(documents)))
+            if not document.text.strip():
+                raise SkipFile("empty text")
+        except SkipFile as exc:
+            raise ValueError(f"{name}, line {number}: {exc}") from exc
+        documents.append({**document.metadata, "id": document.id, "title": document.title, "text": document.text}
+                         if suffix == ".csv" else row)
+    return documents
 
 
 def _records(file: Path, base_id: str, mapping: FieldMapping, report: LoadReport) -> Iterator[Document]:
@@ -283,6 +332,16 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
                                   "everything after it were not read")
             return
         yield start, row
+
+
+def _text_lines(text: str) -> Iterator[tuple[int, Any]]:
+    """Non-blank lines, except that a line holding a JSON object is read as one (JSON lines work on stdin)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("{"):
+            for _, record in _json_lines(line):
+                yield number, record
+        elif line.strip():
+            yield number, line
 
 
 def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
