@@ -127,7 +127,7 @@ def test_retrieve_unites_retrievers_and_keeps_every_signal(small_index):
     assert len({c.doc_id for c in result.candidates}) == len(result.candidates) == 2
     for candidate in result.candidates:
         assert "dense" in candidate.scores and "fusion" in candidate.ranks
-        assert result.first_stage_rank(candidate) == candidate.ranks["retrieve"]
+        assert result.first_stage_rank(candidate) == candidate.ranks["fusion"]  # what the later stages start from
     bm25_only = Pipeline([Retrieve(small_index, "bm25", k=10)]).search("lava")
     assert {c.doc_id for c in bm25_only.candidates} == {"v", "b"}
     assert [c.ranks["retrieve"] for c in bm25_only.candidates] == [1, 2]

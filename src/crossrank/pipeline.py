@@ -303,8 +303,18 @@ class Pipeline:
             for trace, before, after in zip(traces, lists, new_lists, strict=True):
                 trace.append(StageTrace(stage.name, len(before), len(after), ms))
             lists = new_lists
-        first = None if candidate_lists is not None else self.stages[0].name
+        first = None if candidate_lists is not None else self.first_stage_name()
         return [SearchResult(q, c, t, first) for q, c, t in zip(parsed, lists, traces, strict=True)]
+
+    def first_stage_name(self) -> str:
+        """The signal whose ranking the later stages start from: the last of the leading candidate-generating
+        stages (the fused list in a hybrid pipeline, not the union `Retrieve` hands to `Fuse`)."""
+        name = self.stages[0].name
+        for stage in self.stages[1:]:
+            if not isinstance(stage, (Retrieve, Fuse, FromRun)):
+                break
+            name = stage.name
+        return name
 
     def search(self, query: str | Query, filters: Mapping[str, Any] | None = None) -> SearchResult:
         return self.run([query], filters=filters)[0]

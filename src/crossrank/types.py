@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def json_kind(value: Any) -> str:
+    """A value's kind in the words of the JSON a user sent: 'a number', 'a list', 'an object', ..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 @dataclass(frozen=True)
 class Document:
     """A text to rank. `title`, when present, is encoded as "title: text"; `metadata` passes through untouched."""
@@ -34,19 +47,17 @@ class Document:
             return cls(text=value)
         if isinstance(value, Mapping):
             text = value.get("text")
+            if text is None:
+                raise TypeError(f"document {index} has no 'text' field")
             if not isinstance(text, str):
-                raise TypeError(
-                    f"document {index}: a mapping needs a string 'text' field, got {type(text).__name__}"
-                )
+                raise TypeError(f"document {index}: 'text' must be a string, not {json_kind(text)}")
             title = value.get("title") or ""
             if not isinstance(title, str):
-                raise TypeError(f"document {index}: 'title' must be a string, got {type(title).__name__}")
+                raise TypeError(f"document {index}: 'title' must be a string, not {json_kind(title)}")
             doc_id = value.get("id")
             metadata = {k: v for k, v in value.items() if k not in ("text", "title", "id")}
             return cls(text=text, title=title, id=None if doc_id is None else str(doc_id), metadata=metadata)
-        raise TypeError(
-            f"document {index}: expected a string or a mapping with 'text', got {type(value).__name__}"
-        )
+        raise TypeError(f"document {index} must be a string or an object with a 'text' field, not {json_kind(value)}")
 
 
 @dataclass(frozen=True)

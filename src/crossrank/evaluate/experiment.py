@@ -250,7 +250,8 @@ class Experiment:
         lists = [[c for c in first.candidates.get(q.id, [])][:depth] for q in sample]
         Pipeline([stage]).run(sample[:1], lists[:1])  # warm-up: first call pays session set-up
         times = []
-        for query, candidates in zip(sample, lists, strict=True):
+        for query, candidates in tqdm(list(zip(sample, lists, strict=True)), desc=f"latency {reranker}@{depth}",
+                                      unit="query", disable=not self.progress):
             start = time.perf_counter()
             Pipeline([stage]).run([query], [candidates])
             times.append((time.perf_counter() - start) * 1000)
@@ -301,7 +302,7 @@ class Experiment:
         if any(spec.first == "run" for spec in specs):
             notes.append("first stage 'run' is a precomputed run: its ms/query is reading it, not retrieving")
         tests = {m: compare_all({s.name: s.per_query[m] for s in systems}, baseline, config.permutations)
-                 for m in config.measures}
+                 for m in tqdm(config.measures, desc="paired tests", unit="measure", disable=not self.progress)}
         return ExperimentResult(self.dataset.name, self.dataset.split, len(qrels), rel, config, baseline,
                                 systems, tests, curve_spec.name if curve_spec and curve else None, curve,
                                 failures, notes)

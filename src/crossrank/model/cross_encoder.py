@@ -47,7 +47,7 @@ def validate_query(query: Any) -> str:
 
 def validate_top_k(top_k: int | None) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        raise ValueError(f"top_k must be 1 or more (or None to keep every document), got {top_k!r}")
 
 
 def default_max_length(checkpoint: Checkpoint) -> int:
