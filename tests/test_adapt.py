@@ -108,8 +108,8 @@ def test_search_uses_the_adapted_model_unless_told_not_to(adapted: adapt.AdaptRe
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import crossrank.model.checkpoint as checkpoint
 
-    query = ["search", str(index_dir), "bees make honey", "--retrievers", "bm25", "--k", "3"]
-    result = runner.invoke(app, [*query, "--json"])
+    query = ["search", str(index_dir), "bees make honey", "--retrievers", "bm25", "--top-k", "3"]
+    result = runner.invoke(app, [*query, "--format", "json"])
     assert result.exit_code == 0, result.output
     assert "adapted model" in result.stderr and str(index_dir / "adapted-model") in result.stderr
     assert json.loads(result.stdout)["results"][0]["doc_id"].startswith("bees")

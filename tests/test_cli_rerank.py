@@ -11,11 +11,11 @@ from crossrank.cli import app
 runner = CliRunner()
 
 
-def test_rerank_reads_jsonl_and_plain_lines_and_writes_json_lines(tiny_model_dir, tmp_path):
-    source = tmp_path / "docs.jsonl"
+def test_rerank_reads_json_and_plain_lines_and_writes_json_lines(tiny_model_dir, tmp_path):
+    source = tmp_path / "docs.txt"  # plain text: one document per line, a JSON object line read as one
     source.write_text('{"id": "a", "text": "vaccines train immunity", "title": "Vaccines"}\nplain line document\n\n')
     result = runner.invoke(app, ["rerank", "--model", str(tiny_model_dir), "--query", "vaccines",
-                                 "--output", "jsonl", "--top-k", "2", str(source)])
+                                 "--format", "jsonl", "--top-k", "2", str(source)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and {row["index"] for row in rows} == {0, 1}
@@ -48,3 +48,73 @@ def test_export_prints_cached_onnx_paths(tiny_model_dir):
     assert result.exit_code == 0, result.output
     paths = result.stdout.split()
     assert paths[0].endswith("model.onnx") and paths[1].endswith("model.int8.onnx")
+
+
+def test_rerank_input_is_read_by_the_ingest_rules_or_refused_in_one_line(tiny_model_dir, tmp_path):
+    base = ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--backend", "torch"]
+    binary = tmp_path / "image.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    strict = tmp_path / "docs.jsonl"
+    strict.write_text('{"text": "rye bread"}\nplain line\n')
+    cases = {
+        str(binary): (2, "is not text"),
+        str(empty): (1, "holds no documents"),
+        str(tmp_path): (2, "is a folder"),
+        str(strict): (2, "line 2: invalid JSON"),
+    }
+    for source, (code, message) in cases.items():
+        result = runner.invoke(app, [*base, source])
+        assert result.exit_code == code and message in result.output, (source, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_rerank_reads_csv_by_its_header_and_shows_ids_titles_and_whole_words(tiny_model_dir, tmp_path):
+    source = tmp_path / "docs.csv"
+    long_text = "sourdough " * 30 + "ending"
+    source.write_text(f"id,title,text\nd1,Bread,{long_text}\nd2,Markets,stock prices fell\n")
+    result = runner.invoke(app, ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--backend", "torch",
+                                 "--format", "jsonl", str(source)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(row["index"] for row in rows) == [0, 1]  # the header is not a document
+    table = runner.invoke(app, ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--backend", "torch",
+                                str(source)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "d1" in table.stdout and "Bread: sourdough" in table.stdout and "…" in table.stdout
+    assert "ending" not in table.stdout and "sourdo…" not in table.stdout  # cut between words, with an ellipsis
+
+
+def test_snippet_cuts_between_words():
+    from crossrank.cli.common import snippet
+
+    assert snippet("short  text\nhere", 40) == "short text here"
+    assert snippet("alpha beta gamma delta", 14) == "alpha beta…"
+    assert snippet("x" * 30, 10) == "x" * 9 + "…"
+
+
+def test_export_prints_no_library_warnings(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSRANK_CACHE", str(tmp_path / "cache"))  # a first export, with all its library chatter
+    result = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert "exporting tiny-bert to ONNX once" in result.output
+    for noise in ("Warning", "warn", "http", "Loading"):
+        assert noise not in result.output, result.output
+
+
+def test_serve_with_a_bad_model_says_so_in_one_line(tmp_path):
+    for model, message in ((tmp_path / "absent", "not found"), (tmp_path, "no config.json")):
+        result = runner.invoke(app, ["serve", "--model", str(model), "--port", "1"])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_json_logs_carry_no_ansi_copy_of_the_message():
+    import logging
+
+    from crossrank.server.logs import JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "GET / 200", "color_message": "\x1b[1mGET\x1b[0m / 200", "path": "/"})
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "GET / 200" and entry["path"] == "/" and "color_message" not in entry

@@ -32,19 +32,20 @@ def indexed(tmp_path: Path) -> Path:
 
 def test_search_explain_delete_info(indexed: Path, tiny_model_dir: Path):
     result = runner.invoke(app, ["search", str(indexed), "hunting at night", "--retrievers", "bm25",
-                                 "--model", str(tiny_model_dir), "--k", "2", "--explain"])
+                                 "--model", str(tiny_model_dir), "--top-k", "2", "--explain"])
     assert result.exit_code == 0, result.output
     assert "owls.md#0" in result.output and "n1#0" in result.output
-    assert "first-stage rank" in result.output and "rerank=" in result.output and "bm25=" in result.output
+    assert "first stage (retrieve) #" in result.output and "rerank=" in result.output and "bm25=" in result.output
+    assert "score = rerank: the cross-encoder's logit" in result.output  # the tiny model ships no fusion.json
     assert "trace:" in result.output and "rerank" in result.output
-    plain = runner.invoke(app, ["search", str(indexed), "honey", "--retrievers", "bm25", "--no-rerank", "--json"])
+    plain = runner.invoke(app, ["search", str(indexed), "honey", "--retrievers", "bm25", "--no-rerank", "--format", "json"])
     payload = json.loads(plain.output)
     assert payload["results"][0]["doc_id"] == "bees.txt" and payload["trace"][0]["stage"] == "retrieve"
     filtered = runner.invoke(app, ["search", str(indexed), "night", "--retrievers", "bm25", "--no-rerank",
-                                   "--json", "--filter", "year>=2024"])
+                                   "--format", "json", "--filter", "year>=2024"])
     assert [r["doc_id"] for r in json.loads(filtered.output)["results"]] == ["n1"]
     deleted = runner.invoke(app, ["delete", str(indexed), "owls.md", "nope"])
-    assert deleted.exit_code == 1 and "deleted 1 documents" in deleted.output and "nope" in deleted.output
+    assert deleted.exit_code == 1 and "deleted 1 document;" in deleted.output and "nope" in deleted.output
     info = json.loads(runner.invoke(app, ["info", str(indexed)]).output)
     assert info["documents"] == 2 and info["generation"] == 2 and info["dense"] is None
 
@@ -67,6 +68,8 @@ def test_clear_errors(indexed: Path, tmp_path: Path, monkeypatch):
         assert result.exit_code == 2, (args, result.output)
         assert expected in result.output and "Traceback" not in result.output, result.output
     assert "--no-rerank" in runner.invoke(app, cases["default model"]).output
+    typo = runner.invoke(app, ["index", str(tmp_path / "new-index"), "--from", str(tmp_path / "nothing-here")])
+    assert typo.exit_code == 2 and not (tmp_path / "new-index").exists()  # a typo leaves no empty index behind
     bad_filter = runner.invoke(app, ["search", str(indexed), "owls", "--no-rerank", "-f", "year"])
     assert bad_filter.exit_code == 2 and "FIELD=VALUE" in bad_filter.output
 

@@ -9,18 +9,18 @@ from typing import Annotated
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.index import fail
+from crossrank.cli.common import ModelOption, SeedOption, fail
 
 
 @app.command()
 def adapt(
     directory: Annotated[Path, typer.Argument(help="Index directory; the model goes to DIRECTORY/adapted-model.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Base cross-encoder (default: bundled).")] = None,
+    model: ModelOption = None,
     minutes: Annotated[float, typer.Option(help="Training budget (teacher scoring comes first).")] = 20.0,
     queries: Annotated[int, typer.Option(help="Pseudo-queries drawn from the index's passages.")] = 2000,
     depth: Annotated[int, typer.Option(help="Candidates per retriever (BM25, dense) for each pseudo-query.")] = 20,
     steps: Annotated[int, typer.Option(help="Optimizer steps at most (the minutes usually end it first).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Random seed: which passages, which queries, training order.")] = 0,
+    seed: SeedOption = 0,
     extra_teachers: Annotated[bool, typer.Option(
         "--extra-teachers/--no-extra-teachers", help="Add SPLADE and e5 to the teachers when installed.")] = True,
 ) -> None:

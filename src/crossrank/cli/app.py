@@ -1,6 +1,9 @@
 """The `crossrank` Typer application; each command module registers itself on it. Command modules import heavy
 libraries (torch, onnxruntime, the models) inside their commands, so `--help` and `--version` start fast."""
 
+import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -10,6 +13,7 @@ app = typer.Typer(
     help="Multi-stage neural ranking: index, search, rerank, train, evaluate, export, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -21,7 +25,27 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _log_to_stderr() -> None:
+    """crossrank's own status lines (a one-time export, ...) as plain stderr lines; warnings prefixed. Library
+    chatter is logged at debug level (`crossrank.model.library_output`): CROSSRANK_LOG_LEVEL=debug shows it.
+    `serve` replaces this with JSON logs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_prefix_level)
+    logger = logging.getLogger("crossrank")
+    logger.handlers = [handler]
+    logger.setLevel(os.environ.get("CROSSRANK_LOG_LEVEL", "info").upper())
+    logger.propagate = False
+
+
+def _prefix_level(record: logging.LogRecord) -> bool:
+    if record.levelno != logging.INFO and not getattr(record, "prefixed", False):
+        record.msg, record.prefixed = f"{record.levelname.lower()}: {record.msg}", True
+    return True
+
+
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """Multi-stage neural ranking: index, search, rerank, train, evaluate, export, serve."""
+    _log_to_stderr()

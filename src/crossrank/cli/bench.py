@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import JsonOption, ModelOption, ThreadsOption, fail
 
 
 @app.command()
 def bench(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint dir (default: bundled model).")]
-    = None,
+    model: ModelOption = None,
     dataset: Annotated[str | None, typer.Option(help="BEIR DATASET[:split] whose run to rerank (default: "
                                                      "synthetic text, no data needed).")] = None,
     run: Annotated[str | None, typer.Option(help="Shipped run name or TREC run file (with --dataset).")] = None,
@@ -26,9 +25,9 @@ def bench(
     variants: Annotated[str, typer.Option(help="Comma-separated: torch, onnx, onnx-int8; the first is the "
                                                "reference for speed-up and τ.")] = "torch,onnx,onnx-int8",
     repeats: Annotated[int, typer.Option(min=1, help="Passes over the queries per variant (median).")] = 3,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: the runtime's).")] = None,
+    threads: ThreadsOption = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Token budget per forward pass.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """Rerank the same candidates with each backend: pairs/s, per-query latency, load time, τ vs reference."""
     from rich.console import Console
@@ -49,8 +48,7 @@ def bench(
         with tqdm(total=len(names) * repeats * len(data.queries), unit="query", desc="bench") as bar:
             results = run_bench(data, model, names, repeats, threads, batch_tokens, on_query=bar.update)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
 
     table = Table(title=f"rerank speed: {data.source}, {data.pairs} pairs, {repeats} repeats")
     for column in ("variant", "pairs/s", "× first", "p50 ms/query", "p95 ms/query", "load s", "τ vs first"):

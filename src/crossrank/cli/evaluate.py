@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import BackendOption, Int8Option, fail
 
 
 def _csv(value: str) -> list[str]:
@@ -35,9 +36,9 @@ def evaluate(
              "run>>ce with --run, else bm25, dense, hybrid, hybrid>>ce; plus the ce+ row when the model ships "
              "fusion.json.")] = None,
     model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="Cross-encoder checkpoint dir (repeatable). Default: the bundled model, if any.")] = None,
+        "--model", "-m", help="Cross-encoder checkpoint directory, repeatable (default: the bundled model).")] = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for runs/*.trec and results.json "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for runs/*.trec and results.json "
                                                    "(default: eval-results/DATASET-SPLIT).")] = None,
     measures: Annotated[str, typer.Option(help="ir-measures names; the first is the primary.")] =
         "nDCG@10,RR@10,R@100,AP",
@@ -52,8 +53,8 @@ def evaluate(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries (quick looks).")]
         = None,
     curve: Annotated[bool, typer.Option(help="Compute the depth curve.")] = True,
-    backend: Annotated[str, typer.Option(help="Model backend: onnx or torch.")] = "onnx",
-    int8: Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")] = False,
+    backend: BackendOption = "onnx",
+    int8: Int8Option = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
     from crossrank.evaluate.datasets import BeirDataset
@@ -70,8 +71,7 @@ def evaluate(
                                 backend=backend, quantize="int8" if int8 else None, max_queries=max_queries,
                                 say=lambda text: typer.echo(text, err=True))
     except (FileNotFoundError, ValueError, TypeError, EvaluationError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     folder = out or Path("eval-results") / f"{dataset.name}-{split}"
     written = result.write(folder)
     if report is not None:

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import count, fail, snippet, top_k_option
 
 FILTER = re.compile(r"^\s*([^<>=!]+?)\s*(>=|<=|!=|=|>|<)\s*(.*)$")
 OPERATORS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt", "!=": "ne"}
-
-
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def parse_filters(expressions: list[str]) -> dict[str, Any] | None:
@@ -80,6 +75,9 @@ def index_command(
 
     mapping = FieldMapping(title=title_field, text=text_field,
                            **({"id": (id_field,)} if id_field else {}))
+    missing = [str(source) for source in sources if not source.expanduser().exists()]
+    if missing:  # before the index folder is created, so a typo leaves nothing behind
+        raise fail(f"no such file or directory: {', '.join(missing)}")
     try:
         config = IndexConfig(passage_tokens=passage_tokens, overlap=overlap, stemming=stemming,
                              title_boost=title_boost, dense=dense)
@@ -92,16 +90,22 @@ def index_command(
             info = index.info()
     except (OSError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from exc
-    typer.echo(f"indexed {report.documents} documents from {report.files} files as {report.passages} passages "
-               f"in {report.commits} commits; {directory} now holds {info['documents']} documents "
-               f"({info['passages']} passages), generation {info['generation']}")
+    written = report.documents - report.unchanged
+    unchanged = f" ({report.unchanged} unchanged, not re-embedded)" if report.unchanged else ""
+    typer.echo(f"indexed {count(written, 'document')} from {count(report.files, 'file')} as "
+               f"{count(report.passages, 'passage')} in {count(report.commits, 'commit')}{unchanged}; {directory} now "
+               f"holds {count(info['documents'], 'document')} ({count(info['passages'], 'passage')}), "
+               f"generation {info['generation']}")
     if report.skipped:
-        reasons = Counter(re.sub(r"'\.\w+'", "type", reason) if reason.startswith("unsupported") else reason
-                          for _, reason in report.skipped)
-        typer.echo(f"skipped {len(report.skipped)}: " + "; ".join(f"{n} × {r}" for r, n in reasons.most_common()))
-        for where, reason in [s for s in report.skipped if not s[1].startswith("unsupported")][:20]:
-            typer.echo(f"  {where}: {reason}")
-        typer.echo(f"  (supported types: {' '.join(SUPPORTED_SUFFIXES)})")
+        typer.echo(f"skipped {len(report.skipped)}:")
+        by_reason: dict[str, list[str]] = {}
+        for where, reason in report.skipped:
+            by_reason.setdefault(reason, []).append(where)
+        for reason, places in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+            shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+            typer.echo(f"  {reason}: {shown}")
+        if any(reason.startswith("unsupported") for reason in by_reason):
+            typer.echo(f"  (supported types: {' '.join(SUPPORTED_SUFFIXES)})")
     for where, message in report.warnings[:20]:
         typer.echo(f"warning: {where}: {message}", err=True)
     if report.documents == 0:
@@ -113,23 +117,26 @@ def index_command(
 def search(
     directory: Annotated[Path, typer.Argument(help="Index directory.")],
     query: Annotated[str, typer.Argument(help="The query.")],
-    k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
+    top_k: Annotated[int, top_k_option("Results to show.")] = 10,
     retrievers: Annotated[str, typer.Option(help="Comma-separated: bm25, dense.")] = "bm25,dense",
-    fusion: Annotated[str, typer.Option(help="rrf or weighted.")] = "rrf",
+    fusion: Annotated[Literal["rrf", "weighted"], typer.Option(
+        help="How the retrievers' lists merge: reciprocal rank fusion or normalised scores.")] = "rrf",
     first_k: Annotated[int, typer.Option(help="Candidates per retriever.")] = 1000,
     rerank_k: Annotated[int, typer.Option(help="Candidates the cross-encoder reads.")] = 100,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Skip the cross-encoder.")] = False,
     model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Cross-encoder dir (default: the index's adapted model, else the bundled one).")] = None,
+        "--model", "-m", help="Cross-encoder checkpoint directory (default: the index's adapted model, else the "
+                              "bundled one).")] = None,
     no_adapted: Annotated[bool, typer.Option(
         "--no-adapted", help="Rerank with the bundled model even if the index has an adapted one.")] = False,
     first_stage_weight: Annotated[float | None, typer.Option(
         callback=check_first_stage_weight,
-        help="weight of the first stage's z-scored score in the final score; default: the model's fusion.json, "
-             "0 = cross-encoder alone")] = None,
+        help="Weight of the first stage's z-scored score in the final score (default: the model's fusion.json; "
+             "0: the cross-encoder alone).")] = None,
     filters: Annotated[list[str] | None, typer.Option("--filter", "-f", help="FIELD=VALUE or FIELD>=VALUE ...")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print every stage's scores, ranks and timings.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with results and trace.")] = False,
+    output_format: Annotated[Literal["text", "json"], typer.Option(
+        "--format", help="text: a block per result; json: one object with the results and the trace.")] = "text",
 ) -> None:
     """Search an index: BM25 + dense retrieval, fusion, cross-encoder reranking (unless --no-rerank)."""
     from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve, Stage
@@ -150,32 +157,53 @@ def search(
 
             stages.append(Rerank(CrossEncoder.from_pretrained(model), k=rerank_k,
                                  first_stage_weight="model" if first_stage_weight is None else first_stage_weight))
-        stages.append(Cut(k))
-        result = Pipeline(stages).search(query, filters=parsed_filters)
+        stages.append(Cut(top_k))
+        pipeline = Pipeline(stages)
+        result = pipeline.search(query, filters=parsed_filters)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         message = str(exc)
         if not no_rerank and model is None and "default model" in message:
             message += " — or run with --no-rerank"
         raise fail(message) from exc
-    if as_json:
+    if output_format == "json":
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    print_result(result, explain)
+    print_result(result, explain, describe_final_score(pipeline))
 
 
-def print_result(result: Any, explain: bool) -> None:
-    """One block per result (rank, score, doc id, passage start); --explain adds every signal and the trace."""
+def describe_final_score(pipeline: Any) -> str:
+    """How the last ordering stage made the score shown: the formula with its numbers, for --explain."""
+    from crossrank.pipeline import Rerank
+
+    rerank = next((stage for stage in pipeline.stages if isinstance(stage, Rerank)), None)
+    first = pipeline.first_stage_name()
+    if rerank is None:
+        return f"{first} (no reranking)"
+    if rerank.interpolation is None:
+        return f"{rerank.name}: the cross-encoder's logit; p = its calibrated probability"
+    w = rerank.interpolation.weight
+    return (f"{rerank.name}_interpolated = {1 - w:.2f}·z({rerank.name}) + {w:.2f}·z({first}), z-scored over this "
+            f"query's top {rerank.k}; p = the cross-encoder's calibrated probability")
+
+
+def print_result(result: Any, explain: bool, final_score: str = "") -> None:
+    """One block per result (rank, score, doc id, title, text); --explain adds every signal with its rank, the
+    first stage the later stages started from, how the final score was made, and the trace."""
     if not result.candidates:
         typer.echo("no results")
     for rank, candidate in enumerate(result.candidates, start=1):
-        text = " ".join(candidate.text.split())
-        typer.echo(f"{rank:>3}. {candidate.score:9.4f}  {candidate.id}  {candidate.title}".rstrip())
-        typer.echo(f"     {text[:160]}{'…' if len(text) > 160 else ''}")
+        probability = candidate.scores.get("rerank_probability")
+        shown = f"  p={probability:.3f}" if probability is not None else ""
+        typer.echo(f"{rank:>3}. {candidate.score:9.4f}{shown}  {candidate.id}  {candidate.title}".rstrip())
+        typer.echo(f"     {snippet(candidate.text, 160)}")
         if explain:
+            # "retrieve" only orders Retrieve's union by best rank for Fuse; no later stage reads it.
             signals = "  ".join(f"{name}={candidate.scores[name]:.4f} (#{candidate.ranks[name]})"
                                 for name in candidate.ranks if name != "retrieve")
-            typer.echo(f"     first-stage rank {result.first_stage_rank(candidate)}  {signals}")
+            typer.echo(f"     first stage ({result.first_stage}) #{result.first_stage_rank(candidate)}  {signals}")
     if explain:
+        if final_score:
+            typer.echo(f"score = {final_score}")
         typer.echo("trace:")
         for step in result.trace:
             typer.echo(f"  {step.stage:<10} {step.candidates_in:>6} in {step.candidates_out:>6} out {step.ms:10.1f} ms")
@@ -195,7 +223,7 @@ def delete(
             generation = index.commit()
     except (OSError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from exc
-    typer.echo(f"deleted {len(set(ids)) - len(set(unknown))} documents; generation {generation}")
+    typer.echo(f"deleted {count(len(set(ids)) - len(set(unknown)), 'document')}; generation {generation}")
     if unknown:
         typer.echo(f"not in the index: {', '.join(unknown)}", err=True)
         raise typer.Exit(1)

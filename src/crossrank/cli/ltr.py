@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import Int8Option, JsonOption, SeedOption, fail
 
 ltr_app = typer.Typer(help="LambdaMART over pipeline features: log features, train, evaluate.", no_args_is_help=True)
 clicks_app = typer.Typer(help="Click logs: simulate them from judgments, learn from them (naive or IPS).",
@@ -21,7 +22,6 @@ TestOption = Annotated[Path | None, typer.Option("--test", help="Feature log of 
 QrelsOption = Annotated[str | None, typer.Option(
     "--qrels", help="DATASET[:split] whose full judgments score --test (default: the test log's own labels).")]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Directory to save the model in.")]
-JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the results table as JSON here.")]
 TopOption = Annotated[int | None, typer.Option("--top-k", help="Train and test on each query's top k by --by only.")]
 ByOption = Annotated[str, typer.Option("--by", help="Signal whose rank --top-k uses (the first stage).")]
 FoldsOption = Annotated[int, typer.Option(min=1, help="Cross-validation folds: the model averages one booster per "
@@ -30,21 +30,16 @@ LeavesOption = Annotated[int, typer.Option(min=2, help="Leaves per tree.")]
 MinLeafOption = Annotated[int, typer.Option(min=1, help="Minimum rows per leaf (regularises small judged sets).")]
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def _load(path: Path, top_k: int | None = None, by: str = "bm25"):
     from crossrank.ltr.featurelog import FeatureTable
 
     if not path.is_file():
-        _fail(f"no such feature log: {path}")
+        raise fail(f"no such feature log: {path}")
     try:
         table = FeatureTable.load(path)
         return table if top_k is None else table.head(top_k, by)
     except ValueError as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
 
 
 def _report(rows: list, baseline: str | None, json_path: Path | None, extra: dict | None = None) -> None:
@@ -81,7 +76,7 @@ def features(
     = "default",
     ce_depth: Annotated[int | None, typer.Option(help="Cross-encoder depth (default: --depth).")] = None,
     dense: Annotated[bool, typer.Option(help="Bi-encoder cosine and RRF fusion features.")] = True,
-    int8: Annotated[bool, typer.Option("--int8", help="Int8 ONNX cross-encoder.")] = False,
+    int8: Int8Option = False,
     query_batch: Annotated[int, typer.Option(help="Queries per pipeline call (a corpus document shared by "
                                                    "several queries of a call is embedded once).")] = 16,
 ) -> None:
@@ -93,7 +88,7 @@ def features(
     from crossrank.model.embedding import BiEncoder
 
     if depth <= 0 or query_batch <= 0 or (ce_depth is not None and ce_depth <= 0):
-        _fail("--depth, --ce-depth and --query-batch must be positive")
+        raise fail("--depth, --ce-depth and --query-batch must be positive")
     try:
         data = parse_dataset_spec(dataset)
         first = first_stage_run(data, run, depth)
@@ -105,7 +100,7 @@ def features(
 
             bi = CosineScorer(BiEncoder.from_pretrained())
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     pipeline = feature_pipeline(first, data, depth, bi, ce, ce_depth)
     table = log_features(data, pipeline, pipeline_feature_set(pipeline), out, query_batch)
     typer.echo(f"{len(table.qids)} rows, {len(set(table.qids))} queries, features {table.feature_set.names} "
@@ -122,7 +117,7 @@ def join(
     try:
         table = _load(base).join(_load(other))
     except ValueError as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     table.save(out)
     typer.echo(f"{len(table.qids)} rows, features {table.feature_set.names} -> {out}")
 
@@ -143,7 +138,7 @@ def train(
     min_data_in_leaf: MinLeafOption = 20,
     top_k: TopOption = None,
     by: ByOption = "bm25",
-    seed: int = 0,
+    seed: SeedOption = 0,
     json_out: JsonOption = None,
 ) -> None:
     """Train LambdaMART on judged features; with --test, compare it with every logged signal on nDCG@10."""
@@ -153,13 +148,13 @@ def train(
     if exclude:
         unknown = sorted(set(exclude) - set(table.feature_set.names))
         if unknown:
-            _fail(f"--exclude {unknown}: not in {table.feature_set.key} {table.feature_set.names}")
+            raise fail(f"--exclude {unknown}: not in {table.feature_set.key} {table.feature_set.names}")
         table = table.select([n for n in table.feature_set.names if n not in exclude])
     try:
         model = train_on_judgments(table, valid_fraction, seed, folds, num_rounds=rounds, num_leaves=leaves,
                                    min_data_in_leaf=min_data_in_leaf)
     except ValueError as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     typer.echo(model.card_markdown())
     if out is not None:
         model.save(out)
@@ -183,7 +178,7 @@ def _evaluate(model, test, qrels_spec: str | None, label: str, json_out: Path | 
                 for n in test.feature_set.names if n.startswith("score:")]
         rows.append(evaluate(test, model.score(test), qrels, label))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     baseline = "rerank" if any(r.system == "rerank" for r in rows) else rows[0].system
     _report(rows, baseline, json_out, extra)
 
@@ -192,14 +187,15 @@ def _evaluate(model, test, qrels_spec: str | None, label: str, json_out: Path | 
 def simulate(
     features_path: FeaturesOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Click log to write (JSON lines).")],
-    user: Annotated[str, typer.Option("--user", help="'pbm' (position-based) or 'cascade'.")] = "pbm",
+    user: Annotated[Literal["pbm", "cascade"], typer.Option(
+        "--user", help="Click model: pbm (position-based) or cascade.")] = "pbm",
     sessions: Annotated[int, typer.Option(help="Impressions per query.")] = 1000,
     depth: Annotated[int, typer.Option(help="Results shown per impression.")] = 10,
     logging_ranker: Annotated[str, typer.Option("--logging", help="Signal whose order is shown.")] = "bm25",
     swap_prob: Annotated[float, typer.Option(help="Adjacent-swap randomisation (makes bias estimable).")] = 0.0,
     noise: Annotated[float, typer.Option(help="Click noise: P(click | seen, grade 0).")] = 0.1,
     eta: Annotated[float, typer.Option(help="PBM examination θ_k = (1/k)^eta.")] = 1.0,
-    seed: int = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Simulate users clicking on a feature log's candidates; true grades are the log's judgments."""
     from crossrank.ltr.clicks import write_click_log
@@ -213,15 +209,13 @@ def simulate(
         probs = graded_click_probs(top, noise)
         if user == "pbm":
             model = PositionBasedModel(probs, eta)
-        elif user == "cascade":
-            model = CascadeModel(probs, tuple(0.2 + 0.7 * p for p in probs))
         else:
-            raise ValueError(f"--user must be 'pbm' or 'cascade', got {user!r}")
+            model = CascadeModel(probs, tuple(0.2 + 0.7 * p for p in probs))
         if f"score:{logging_ranker}" not in table.feature_set.names:
             raise ValueError(f"--logging {logging_ranker!r} is not a logged signal of {table.feature_set.names}")
         log = simulate_clicks(table, judged, model, logging_ranker, sessions, depth, swap_prob, seed)
     except ValueError as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     count = write_click_log(log, out)
     clicks = sum(len(i.clicks) for i in log)
     typer.echo(f"{count} impressions, {clicks} clicks ({clicks / count:.2f}/impression) -> {out}")
@@ -243,7 +237,7 @@ def clicks_train(
     qrels: QrelsOption = None,
     top_k: TopOption = None,
     by: ByOption = "bm25",
-    seed: int = 0,
+    seed: SeedOption = 0,
     json_out: JsonOption = None,
 ) -> None:
     """Train LambdaMART from a click log over a feature log's candidates; with --test, evaluate it."""
@@ -252,13 +246,13 @@ def clicks_train(
 
     table = _load(features_path, top_k, by)
     if not log_path.is_file():
-        _fail(f"no such click log: {log_path}")
+        raise fail(f"no such click log: {log_path}")
     try:
         log = read_click_log(log_path)
         model, bias = train_on_clicks(table, log, debias, dwell_threshold=dwell, max_weight=max_weight, seed=seed,
                                       folds=folds, num_leaves=leaves, min_data_in_leaf=min_data_in_leaf)
     except ValueError as exc:
-        _fail(str(exc))
+        raise fail(str(exc))
     if bias is not None:
         typer.echo("estimated propensities θ_k: " + " ".join(f"{t:.3f}" for t in bias.theta))
     typer.echo(model.card_markdown())

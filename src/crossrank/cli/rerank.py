@@ -5,36 +5,37 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from crossrank.cli.app import app
-from crossrank.model.backends import BACKENDS
-
-ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint directory (default: bundled model).")]
+from crossrank.cli.common import BackendOption, Int8Option, ModelOption, fail, snippet, top_k_option
 
 
 def read_documents(source: str) -> list[Any]:
-    """JSON lines (objects with text/title/id) or plain text, one document per line; '-' reads stdin."""
+    """The candidates of a file or stdin ('-'), read by the ingest loaders' rules (encoding, CSV, JSON lines);
+    a problem is one error line, never a silently changed list."""
+    from crossrank.store.loaders import LoadReport, documents_to_rerank
+
     if source == "-":
-        lines = sys.stdin.read().splitlines()
+        raw, name, suffix = sys.stdin.buffer.read(), "stdin", ""
     else:
         path = Path(source)
+        if path.is_dir():
+            raise fail(f"{source} is a folder; rerank reads one file (index folders with `crossrank index`)")
         if not path.is_file():
-            raise typer.BadParameter(f"no such file: {source}")
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    documents: list[Any] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                documents.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise typer.BadParameter(f"line {number}: invalid JSON ({exc.msg})") from exc
-        else:
-            documents.append(line)
+            raise fail(f"no such file: {source}")
+        raw, name, suffix = path.read_bytes(), source, path.suffix.lower()
+    report = LoadReport()
+    try:
+        documents = documents_to_rerank(raw, name, suffix, report)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    for where, message in report.warnings:
+        typer.echo(f"warning: {where}: {message}", err=True)
+    if not documents:
+        raise fail(f"{name} holds no documents", code=1)
     return documents
 
 
@@ -43,41 +44,43 @@ def rerank(
     query: Annotated[str, typer.Option("--query", "-q", help="The query.")],
     source: Annotated[str, typer.Argument(help="JSONL or text file of documents, or '-' for stdin.")] = "-",
     model: ModelOption = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Keep the best K.")] = None,
-    backend: Annotated[str, typer.Option(help=f"One of {', '.join(BACKENDS)}.")] = "onnx",
-    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 ONNX model.")] = False,
-    output: Annotated[str, typer.Option(help="'jsonl' or 'table'.")] = "table",
+    top_k: Annotated[int | None, top_k_option("Keep the best K (default: all).")] = None,
+    backend: BackendOption = "onnx",
+    int8: Int8Option = False,
+    output_format: Annotated[Literal["table", "jsonl"], typer.Option(
+        "--format", help="table: for people; jsonl: one JSON object per result, best first.")] = "table",
 ) -> None:
     """Rerank documents for a query with the cross-encoder."""
     from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.types import Document
 
-    if output not in ("jsonl", "table"):
-        raise typer.BadParameter("--output must be 'jsonl' or 'table'")
+    documents = read_documents(source)
     try:
         encoder = CrossEncoder.from_pretrained(model, backend=backend, quantize="int8" if int8 else None)
-        results = encoder.rank(query, read_documents(source), top_k=top_k)
+        results = encoder.rank(query, documents, top_k=top_k)
     except (ValueError, TypeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    if output == "jsonl":
+        raise fail(str(exc)) from exc
+    if output_format == "jsonl":
         for result in results:
             typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("rank", "index", "score", "prob", "windows", "document")
+    table = Table("rank", "index", "id", "score", "prob", "windows", "title / text")
     for rank, result in enumerate(results, start=1):
-        document = result.document if isinstance(result.document, str) else (result.document or {}).get("text", "")
-        table.add_row(str(rank), str(result.index), f"{result.score:.4f}", f"{result.probability:.3f}",
-                      str(result.windows), document[:80].replace("\n", " "))
+        document = Document.coerce(result.document, result.index)
+        text = f"{document.title}: {document.text}" if document.title else document.text
+        table.add_row(str(rank), str(result.index), "" if document.id is None else str(document.id),
+                      f"{result.score:.4f}", f"{result.probability:.3f}", str(result.windows), snippet(text, 100))
     Console().print(table)
+
 
 
 @app.command()
 def export(
     model: ModelOption = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write the dynamic int8 model.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write the dynamic int8 graph.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX (cached by content hash) and print the file paths."""
     from crossrank.model.checkpoint import Checkpoint

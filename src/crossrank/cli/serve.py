@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import Backend, BackendOption, ModelOption, ThreadsOption, fail, top_k_option
 
 
 def _opt(help: str, env: str, *names: str) -> typer.models.OptionInfo:
@@ -18,11 +19,12 @@ def _opt(help: str, env: str, *names: str) -> typer.models.OptionInfo:
 
 @app.command()
 def serve(
-    model: Annotated[str | None, _opt("Checkpoint directory (default: bundled model).", "MODEL", "--model", "-m")] = None,
+    model: Annotated[str | None, _opt("Cross-encoder checkpoint directory (default: the bundled model).", "MODEL",
+                                      "--model", "-m")] = None,
     host: Annotated[str, _opt("Bind address.", "HOST", "--host")] = "127.0.0.1",
     port: Annotated[int, _opt("Port.", "PORT", "--port")] = 8080,
-    backend: Annotated[str, _opt("onnx or torch.", "BACKEND", "--backend")] = "onnx",
-    int8: Annotated[bool, _opt("Dynamic int8 ONNX model.", "INT8", "--int8")] = False,
+    backend: Annotated[Backend, _opt("Inference backend.", "BACKEND", "--backend")] = "onnx",
+    int8: Annotated[bool, _opt("Score with the dynamic int8 ONNX graph.", "INT8", "--int8")] = False,
     threads: Annotated[int | None, _opt("Inference threads per worker.", "THREADS", "--threads")] = None,
     batch_tokens: Annotated[int, _opt("Estimated tokens per merged batch.", "BATCH_TOKENS", "--batch-tokens")] = 32768,
     engine_batch_tokens: Annotated[int, _opt("Tokens per forward pass inside the engine.", "ENGINE_BATCH_TOKENS",
@@ -53,7 +55,8 @@ def serve(
     index_root: Annotated[Path | None, _opt("Directory of named indexes for /search.", "INDEX_ROOT",
                                             "--index-root")] = None,
     drain_seconds: Annotated[float, _opt("Graceful drain on SIGTERM.", "DRAIN_SECONDS", "--drain-seconds")] = 30.0,
-    log_level: Annotated[str, _opt("Log level.", "LOG_LEVEL", "--log-level")] = "info",
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], _opt(
+        "Log level.", "LOG_LEVEL", "--log-level")] = "info",
     ray: Annotated[bool, typer.Option("--ray", help="Run under Ray Serve.")] = False,
     replicas: Annotated[int, _opt("Ray Serve replicas.", "REPLICAS", "--replicas")] = 1,
     min_replicas: Annotated[int | None, _opt("Autoscaling lower bound (enables autoscaling).", "MIN_REPLICAS",
@@ -83,6 +86,12 @@ def serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    from crossrank.model.checkpoint import Checkpoint, CheckpointError
+
+    try:
+        Checkpoint.open(model)  # a bad --model is one line here, not a traceback from the server's startup
+    except CheckpointError as exc:
+        raise fail(str(exc)) from exc
     configure_json_logging(log_level)
     if ray:
         from crossrank.server.ray_serve import run_serve
@@ -103,13 +112,13 @@ def serve(
 @app.command("rerank-batch")
 def rerank_batch(
     source: Annotated[Path, typer.Argument(help="JSONL: {\"id\", \"query\", \"documents\": [...]} per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of ranked results, input order.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint directory.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL of ranked results, input order.")],
+    model: ModelOption = None,
     actors: Annotated[int, typer.Option(help="Model-holding actors.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Queries per actor call.")] = 16,
-    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Keep the best K per query.")] = None,
-    backend: Annotated[str, typer.Option(help="onnx or torch.")] = "onnx",
-    threads: Annotated[int | None, typer.Option(help="Inference threads per actor.")] = None,
+    top_k: Annotated[int | None, top_k_option("Keep the best K per query (default: all).")] = None,
+    backend: BackendOption = "onnx",
+    threads: ThreadsOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
 ) -> None:
     """Rerank a large (query, candidates) file offline with Ray Data and model-holding actors."""
@@ -119,11 +128,10 @@ def rerank_batch(
 
     ray.init(address=ray_address)
     try:
-        count = rerank_file(source, output, model=model, actors=actors, batch_size=batch_size, top_k=top_k,
+        count = rerank_file(source, out, model=model, actors=actors, batch_size=batch_size, top_k=top_k,
                             backend=backend, threads=threads)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     finally:
         ray.shutdown()
-    typer.echo(f"{count} queries reranked -> {output}")
+    typer.echo(f"{count} queries reranked -> {out}")

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from crossrank.cli.app import app
+from crossrank.cli.common import SeedOption
 from crossrank.train.loss_names import LABEL_LOSS_NAMES, TEACHER_LOSS_NAMES
 
 
 @app.command()
 def train(
-    out: Annotated[str, typer.Option("--out", help="Directory for the trained checkpoint.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the trained checkpoint.")],
     base: Annotated[str, typer.Option(help="Start checkpoint: a dir, 'default' (bundled model) or 'minilm'.")] = "default",
     train_specs: Annotated[list[str] | None, typer.Option("--train", help="DATASET[:split], repeatable.")] = None,
     train_lists: Annotated[list[str] | None, typer.Option("--train-lists", help="Prepared lists file, repeatable.")] = None,
@@ -35,7 +36,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between dev evaluations.")] = 200,
     patience: Annotated[int | None, typer.Option(help="Stop after this many evaluations without a dev gain.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOption = 0,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/trainer_state.pt.")] = False,
     calibrate: Annotated[bool, typer.Option(help="Fit Platt calibration on the dev scores.")] = True,
 ) -> None:

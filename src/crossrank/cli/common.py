@@ -1,0 +1,52 @@
+"""What every command shares: one flag vocabulary, defined once (README, "Command-line conventions"), the error
+line, and how text is cut for the terminal.
+
+- `-m/--model DIR`: a cross-encoder checkpoint; default the bundled model.
+- `--backend onnx|torch`, `--int8`, `--threads N`: how it runs.
+- `-k/--top-k N`: how many results to keep or show.
+- `--format`: what is printed on stdout (a table or text for people, JSON lines for programs).
+- `-o/--out PATH`: the file or folder a command writes; `--json PATH`: also write the results table as JSON.
+- `--seed N`: every random choice a command makes.
+Errors go to stderr as one `error: ...` line and exit 2 (bad input) or 1 (nothing to do).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+Backend = Literal["onnx", "torch"]
+
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Cross-encoder checkpoint directory (default: the bundled model).")]
+BackendOption = Annotated[Backend, typer.Option(help="Inference backend.")]
+Int8Option = Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed for every random choice the command makes.")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+
+def top_k_option(help: str) -> typer.models.OptionInfo:
+    return typer.Option("--top-k", "-k", min=1, help=help)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one `error:` line on stderr and return the Exit to raise (`raise fail(...) from exc`)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def snippet(text: str, limit: int) -> str:
+    """The text on one line, cut at a word boundary with an ellipsis when longer than `limit` characters."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 document', '3 documents'."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
