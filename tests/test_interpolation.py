@@ -127,3 +127,48 @@ def test_the_cross_encoder_loads_what_its_directory_ships(tiny_model_dir: Path, 
     (broken / FUSION_FILE).write_text('{"weight": 2}')
     with pytest.raises(CheckpointError, match="fusion.json"):
         CrossEncoder.from_pretrained(broken, backend="torch")
+
+
+def test_a_weight_per_first_stage_round_trips_and_is_checked(tmp_path: Path):
+    shipped = FirstStageInterpolation(0.1, fitted_on="training sets", by_first_stage={"fusion": 0.45})
+    shipped.save(tmp_path)
+    assert json.loads((tmp_path / FUSION_FILE).read_text())["by_first_stage"] == {"fusion": 0.45}
+    loaded = FirstStageInterpolation.load(tmp_path)
+    assert loaded == shipped and loaded.weight_for("fusion") == 0.45 and loaded.weight_for("run") == 0.1
+    assert loaded.weight_for(None) == 0.1 and loaded.for_first_stage("fusion") == FirstStageInterpolation(0.45,
+                                                                                                          "training sets")
+    for bad in ('{"weight": 0.1, "by_first_stage": {"fusion": 1.5}}', '{"weight": 0.1, "by_first_stage": [0.2]}'):
+        (tmp_path / FUSION_FILE).write_text(bad)
+        with pytest.raises(CheckpointError, match="fusion.json"):
+            FirstStageInterpolation.load(tmp_path)
+
+
+class FixedScorer:
+    """A reranker whose logits put the documents in reverse id order, shipping per-first-stage weights."""
+
+    name = "fixed"
+
+    def __init__(self, interpolation: FirstStageInterpolation) -> None:
+        self.interpolation = interpolation
+
+    def score(self, queries, documents):
+        from crossrank.model.cross_encoder import PairScores
+
+        logits = np.array([float(d.id[-1]) for d in documents])
+        return PairScores(logits, 1 / (1 + np.exp(-logits)), np.ones(len(documents), dtype=int))
+
+
+def test_rerank_mixes_in_the_weight_of_the_first_stage_it_follows():
+    from crossrank.pipeline import Rerank, ordered
+    from crossrank.types import Candidate
+
+    def first_stage(signal: str) -> list[Candidate]:  # d1 first, d3 last, by a wide margin
+        return ordered([Candidate(f"d{i}", f"d{i}", "text", score=s) for i, s in ((1, 9.0), (2, 1.0), (3, 0.0))],
+                       signal)
+
+    stage = Rerank(FixedScorer(FirstStageInterpolation(0.0, by_first_stage={"fusion": 0.9})), k=3)  # type: ignore[arg-type]
+    after_fusion = stage("q", first_stage("fusion"))
+    after_bm25 = stage("q", first_stage("bm25"))
+    assert [c.id for c in after_fusion] == ["d1", "d2", "d3"] and "rerank_interpolated" in after_fusion[0].scores
+    assert [c.id for c in after_bm25] == ["d1", "d2", "d3"][::-1] and "rerank_interpolated" not in after_bm25[0].scores
+    assert "0.9 after fusion, 0.0 otherwise" in repr(stage)

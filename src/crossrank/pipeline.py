@@ -39,6 +39,11 @@ def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def ordering_signal(candidates: Sequence[Candidate]) -> str | None:
+    """The signal that ordered a candidate list: each ordering stage records its signal last (`ordered`)."""
+    return next(reversed(candidates[0].ranks), None) if candidates else None
+
+
 def ordered(candidates: Sequence[Candidate], signal: str) -> list[Candidate]:
     """Sort by `score` (best first, ties by id for determinism) and record 1-based ranks under `signal`."""
     order = sorted(candidates, key=lambda c: (-c.score, c.id))
@@ -187,8 +192,9 @@ class Rerank(Stage):
     "rerank_probability". With a first-stage weight w the list is ordered by (1 − w)·z(logit) + w·z(incoming
     score), both z-scored over the query's top k (see `crossrank.model.interpolation`) and recorded as
     "rerank_interpolated"; otherwise by the logit. `first_stage_weight`: "model" (default) is the weight the
-    model ships in fusion.json, if it has one; None or 0 is the cross-encoder alone; a number in [0, 1) is that
-    weight. Candidates below k are dropped.
+    model ships in fusion.json for the first stage at hand (by the signal that ordered the incoming list), if it
+    ships one; None or 0 is the cross-encoder alone; a number in [0, 1) is that weight. Candidates below k are
+    dropped.
     """
 
     def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank",
@@ -199,11 +205,18 @@ class Rerank(Stage):
             interpolation = getattr(model, "interpolation", None)  # scorers such as the bi-encoder ship none
         else:
             interpolation = None if first_stage_weight is None else FirstStageInterpolation(first_stage_weight)
-        self.interpolation = interpolation if interpolation is not None and interpolation.weight > 0 else None
+        self.interpolation = interpolation if interpolation is not None and max(interpolation.weights) > 0 else None
 
     def __repr__(self) -> str:
-        weight = "" if self.interpolation is None else f", first_stage_weight={self.interpolation.weight}"
+        weight = "" if self.interpolation is None else f", first_stage_weight={self.describe_weight()}"
         return f"Rerank({self.model.name!r}, k={self.k}{weight})"
+
+    def describe_weight(self) -> str:
+        interpolation = self.interpolation
+        if interpolation is None:
+            return "0"
+        return ", ".join([*(f"{w} after {name}" for name, w in interpolation.by_first_stage.items()),
+                          f"{interpolation.weight}" + (" otherwise" if interpolation.by_first_stage else "")])
 
     def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
         heads = [list(candidates[: self.k]) for candidates in candidate_lists]
@@ -219,12 +232,13 @@ class Rerank(Stage):
                 for c, logit, probability in zip(head, logits, probabilities, strict=True)
             ]
             offset += len(head)
-            if self.interpolation is None:
+            interpolation = self.interpolation and self.interpolation.for_first_stage(ordering_signal(head))
+            if interpolation is None or interpolation.weight == 0:
                 out.append(ordered(scored, self.name))
                 continue
             # An incoming score is the first stage's. Ranking by the logit first keeps the cross-encoder's own rank
             # as a signal; the interpolated score then orders the list.
-            final = self.interpolation.combine(logits, [c.score for c in head])
+            final = interpolation.combine(logits, [c.score for c in head])
             by_logit = ordered([c.with_signal(interpolated, value, order=False)
                                 for c, value in zip(scored, final, strict=True)], self.name)
             out.append(ordered([c.with_signal(interpolated, c.scores[interpolated]) for c in by_logit], interpolated))

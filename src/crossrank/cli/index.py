@@ -179,9 +179,9 @@ def describe_final_score(pipeline: Any) -> str:
     first = pipeline.first_stage_name()
     if rerank is None:
         return f"{first} (no reranking)"
-    if rerank.interpolation is None:
+    w = 0 if rerank.interpolation is None else rerank.interpolation.weight_for(first)
+    if w == 0:
         return f"{rerank.name}: the cross-encoder's logit; p = its calibrated probability"
-    w = rerank.interpolation.weight
     return (f"{rerank.name}_interpolated = {1 - w:.2f}·z({rerank.name}) + {w:.2f}·z({first}), z-scored over this "
             f"query's top {rerank.k}; p = the cross-encoder's calibrated probability")
 

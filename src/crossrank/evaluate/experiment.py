@@ -33,7 +33,8 @@ from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measur
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
 from crossrank.evaluate.systems import SystemSpec, scorer_of, shipped_interpolation
 from crossrank.model.cross_encoder import PairScores
-from crossrank.pipeline import Pipeline, Rerank, Stage
+from crossrank.model.interpolation import FirstStageInterpolation
+from crossrank.pipeline import Pipeline, Rerank, Stage, ordering_signal
 from crossrank.types import Candidate, Document, Query
 
 
@@ -203,9 +204,14 @@ class Experiment:
         """The Rerank stage a reranker name stands for: `ce+` with the weight its model ships, the others by
         their own score alone."""
         scorer = self.scorers[scorer_of(reranker)]
-        interpolation = shipped_interpolation(reranker, scorer)
-        return Rerank(scorer, k=depth, name=reranker,
-                      first_stage_weight=None if interpolation is None else interpolation.weight)
+        interpolated = shipped_interpolation(reranker, scorer) is not None
+        return Rerank(scorer, k=depth, name=reranker, first_stage_weight="model" if interpolated else None)
+
+    def interpolation(self, reranker: str, first_name: str) -> FirstStageInterpolation | None:
+        """The weight `reranker` mixes in after first stage `first_name`, as its Rerank stage would pick it."""
+        shipped = self.rerank_stage(reranker, self.config.depth).interpolation
+        first = self.first_stage(first_name).candidates
+        return shipped and shipped.for_first_stage(ordering_signal(next((c for c in first.values() if c), [])))
 
     def score(self, scorer: str, first_name: str, depth: int) -> Run:
         """The scorer's own score for each query's top `depth` first-stage candidates: one Rerank pass, kept, so
@@ -287,7 +293,7 @@ class Experiment:
             depths = usable_depths(first.run, config.depths) if spec == curve_spec and config.curve else []
             score_depth = max([config.depth, *depths])
             scores = self.score(scorer_of(spec.reranker), spec.first, score_depth)
-            interpolation = self.rerank_stage(spec.reranker, config.depth).interpolation
+            interpolation = self.interpolation(spec.reranker, spec.first)
             run = _doc_run(rerank_at_depth(first.run, scores, config.depth, interpolation), first.candidates)
             system = self._system(spec, run, self.latency(spec, config.depth), rel)
             systems.append(system)

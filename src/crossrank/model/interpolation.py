@@ -5,8 +5,12 @@ statistics, the agreement of several retrievers in a fused list) is lost when it
 Mixing some of it back in often helps and costs nothing, but the scales differ (logits, BM25 scores, RRF sums),
 so both are z-scored over the query's list first: (1 − w)·z(cross-encoder) + w·z(first stage).
 
-The weight is fitted on judged training data (`fit_weight`) and ships beside the checkpoint as `fusion.json`;
-the engine picks it up when it loads the model, as it does `calibration.json`.
+How much to mix in depends on how good the first stage is: a BM25 list is weaker evidence than a fused BM25 +
+dense list, whose dense half is a bi-encoder about as good as a small cross-encoder out of domain. So a model may
+ship one weight per first stage, keyed by the signal that ordered the incoming list ("fusion" for `Fuse`, "run",
+"bm25", "retrieve" ...), with `weight` for any other. The weights are fitted on judged training data
+(`fit_weight`) and ship beside the checkpoint as `fusion.json`; the engine picks them up when it loads the model,
+as it does `calibration.json`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +33,40 @@ DEFAULT_GRID: tuple[float, ...] = tuple(float(w) for w in np.round(np.arange(0, 
 ScoreList = Sequence[float] | np.ndarray
 
 
+def _checked_weight(weight: object) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < 1:
+        raise ValueError(f"first-stage weight must be a number in [0, 1), got {weight!r}")
+    return float(weight)
+
+
 @dataclass(frozen=True)
 class FirstStageInterpolation:
     """The first stage's share of the final score, in [0, 1): 0 is the cross-encoder alone; 1 is refused,
-    since it would ignore the cross-encoder the pipeline has just paid for. `fitted_on` names the data."""
+    since it would ignore the cross-encoder the pipeline has just paid for. `by_first_stage` maps the signal that
+    ordered the incoming list to its own weight; `weight` serves any other. `fitted_on` names the data."""
 
     weight: float
     fitted_on: str = ""
+    by_first_stage: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        weight = self.weight
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < 1:
-            raise ValueError(f"first-stage weight must be a number in [0, 1), got {weight!r}")
         if not isinstance(self.fitted_on, str):
             raise ValueError(f"fitted_on must be a string, got {type(self.fitted_on).__name__}")
-        object.__setattr__(self, "weight", float(weight))
+        if not isinstance(self.by_first_stage, Mapping) or not all(isinstance(k, str) for k in self.by_first_stage):
+            raise ValueError("by_first_stage must map first-stage signal names to weights")
+        object.__setattr__(self, "weight", _checked_weight(self.weight))
+        object.__setattr__(self, "by_first_stage", {k: _checked_weight(v) for k, v in self.by_first_stage.items()})
+
+    def weight_for(self, first_stage: str | None) -> float:
+        return self.by_first_stage.get(first_stage, self.weight) if first_stage is not None else self.weight
+
+    def for_first_stage(self, first_stage: str | None) -> FirstStageInterpolation:
+        """The single weight that applies after `first_stage` (the signal that ordered the incoming list)."""
+        return FirstStageInterpolation(self.weight_for(first_stage), self.fitted_on)
+
+    @property
+    def weights(self) -> list[float]:
+        return [self.weight, *self.by_first_stage.values()]
 
     def combine(self, reranker_scores: ScoreList, first_stage_scores: ScoreList) -> np.ndarray:
         """Final scores of ONE query's list (aligned arrays): both signals z-scored over that list, then mixed."""
@@ -56,8 +79,9 @@ class FirstStageInterpolation:
 
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
         path = Path(model_dir) / FUSION_FILE
-        path.write_text(json.dumps({"weight": self.weight, "fitted_on": self.fitted_on}, indent=2) + "\n",
-                        encoding="utf-8")
+        data = {"weight": self.weight, **({"by_first_stage": dict(self.by_first_stage)} if self.by_first_stage else {}),
+                "fitted_on": self.fitted_on}
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod
@@ -71,9 +95,10 @@ class FirstStageInterpolation:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or "weight" not in data:
-            raise CheckpointError(f'{path}: expected an object like {{"weight": 0.2, "fitted_on": "..."}}')
+            raise CheckpointError(f'{path}: expected an object like {{"weight": 0.2, "by_first_stage": '
+                                  f'{{"fusion": 0.4}}, "fitted_on": "..."}}')
         try:
-            return cls(data["weight"], data.get("fitted_on", ""))
+            return cls(data["weight"], data.get("fitted_on", ""), data.get("by_first_stage", {}))
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
 
