@@ -72,7 +72,8 @@ def markdown_summary(result: ExperimentResult) -> str:
         parts += ["", f"### {report.system}: relevant documents the first stage never retrieved: "
                       f"{report.relevant_unretrieved}/{report.relevant_total} "
                       f"({report.queries_with_unretrieved} queries); "
-                      f"queries hurt most: " + ", ".join(f"{h.qid} ({h.after - h.before:+.3f})" for h in report.hurt)]
+                      "queries hurt most: " + (", ".join(f"{h.qid} ({h.after - h.before:+.3f})" for h in report.hurt)
+                                                  or "none")]
     parts += [f"- {note}" for note in result.notes]
     return "\n".join(parts)
 
