@@ -96,7 +96,7 @@ def minilm_cross_encoder(target: Path) -> Path:
 
 def load_queries(count: int | None) -> tuple[list[dict], dict]:
     """[{qid, query, doc_ids, documents}] for `count` evenly spread queries (all when None), and the qrels."""
-    from crossrank.evaluate.datasets import BeirDataset, ranked
+    from crossrank.datasets import BeirDataset, ranked
 
     dataset = BeirDataset(DATASET, "test")
     run = dataset.run("bm25-top100")

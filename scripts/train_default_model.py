@@ -32,7 +32,7 @@ TEACHERS = ("bm25", "minilm", "splade", "e5")
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.train.data import Bm25Index, judged_lists, pseudo_query_lists
 
     out = Path(args.out)
@@ -120,7 +120,7 @@ def fit(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from crossrank.train.trainer import DevSet, Trainer, TrainConfig
+    from crossrank.train.trainer import DevSet, TrainConfig, Trainer
 
     data = Path(args.data)
     lists = load_lists(data / "train-teacher.jsonl.gz")

@@ -14,7 +14,7 @@ from conftest import count_score_calls
 from typer.testing import CliRunner
 
 from crossrank.cli import app
-from crossrank.evaluate.datasets import BeirDataset, ranked, read_run, write_qrels, write_run
+from crossrank.datasets import BeirDataset, ranked, read_run, write_qrels, write_run
 from crossrank.evaluate.depth import rerank_at_depth, usable_depths
 from crossrank.evaluate.experiment import Experiment, ExperimentConfig, safe_name
 from crossrank.evaluate.metrics import evaluate_run

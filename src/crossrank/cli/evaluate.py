@@ -56,7 +56,7 @@ def evaluate(
     int8: Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")] = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.evaluate.experiment import ExperimentConfig
     from crossrank.evaluate.report import markdown_summary, render_html
     from crossrank.evaluate.runner import EvaluationError, run_evaluation

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Run, ranked, write_run
+from crossrank.datasets import BeirDataset, Run, ranked, write_run
 from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, rerank_at_depth, usable_depths
 from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold

@@ -18,8 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
 
-Qrels = Mapping[str, Mapping[str, int]]
-Run = Mapping[str, Mapping[str, float]]
+from crossrank.datasets import Qrels, Run
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP")
 BINARY_MEASURES = frozenset({"RR", "AP", "R", "P", "Success"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from crossrank.evaluate.datasets import BeirDataset, read_run
+from crossrank.datasets import BeirDataset, read_run
 from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult, PairScorer
 from crossrank.evaluate.systems import (
     CosineScorer,

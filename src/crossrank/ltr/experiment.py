@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Run, read_run
+from crossrank.datasets import BeirDataset, Run, read_run
 from crossrank.evaluate.metrics import aggregate, per_query
 from crossrank.ltr.clicks import Impression
 from crossrank.ltr.featurelog import FeatureTable

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrank.evaluate.datasets import BeirDataset, Qrels, ranked
+from crossrank.datasets import BeirDataset, Qrels, ranked
 from crossrank.retrieve.bm25 import BM25Index
 from crossrank.types import Document
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Qrels, Run
+from crossrank.datasets import BeirDataset, Qrels, Run
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer

@@ -1,5 +1,7 @@
 """Judged IR data in its standard files: BEIR folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv,
-runs/*.trec) and TREC run/qrels files, read in place and written back in TREC format."""
+runs/*.trec) and TREC run/qrels files, read in place and written back in TREC format.
+
+A neutral module (it imports only `types`): evaluation, training, LTR and the benchmarks all read judged data."""
 
 from __future__ import annotations
 
