@@ -9,7 +9,7 @@ import csv
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -173,14 +173,3 @@ def write_qrels(qrels: Qrels, path: Path) -> None:
             for docid, rel in sorted(qrels[qid].items()):
                 writer.writerow([qid, docid, rel])
 
-
-def iter_pairs(dataset: BeirDataset, run: Run) -> Iterable[tuple[str, str, Document]]:
-    """(query id, query text, document) for every candidate of a run whose query and document exist."""
-    for qid, candidates in run.items():
-        query = dataset.all_queries.get(qid)
-        if query is None:
-            continue
-        for docid in ranked(candidates):
-            document = dataset.corpus.get(docid)
-            if document is not None:
-                yield qid, query, document
