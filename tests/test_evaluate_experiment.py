@@ -9,6 +9,7 @@ import random
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import count_score_calls
 from typer.testing import CliRunner
@@ -23,7 +24,7 @@ from crossrank.evaluate.systems import CosineScorer, SystemSpec, interpolated, p
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.model.embedding import BiEncoder
 from crossrank.pipeline import FromRun, Pipeline, Rerank
-from crossrank.types import Query
+from crossrank.types import Candidate, Query
 
 TOPICS = ["solar panels convert sunlight into electricity", "bees pollinate flowering plants",
           "the heart pumps blood through arteries", "volcanoes erupt molten rock called lava",
@@ -342,3 +343,64 @@ def test_depth_curve_by_hand_with_passages_collapsed_to_documents() -> None:
 
     points = depth_curve(qrels, first, scores, depths=(1, 3, 5), measure="P@1", collapse=collapse)
     assert [(p.depth, p.quality, p.recall_ceiling) for p in points] == [(1, 1.0, 0.5), (3, 0.0, 0.5), (5, 1.0, 1.0)]
+
+
+class _TiedIndex:
+    """Two retrievers that never agree: bm25 finds z1..z5, dense a1..a5, so RRF ties every zN with aN."""
+
+    def retrieve(self, retriever: str, queries, k: int):
+        prefix = "z" if retriever == "bm25" else "a"
+        return [[Candidate(f"{prefix}{r}", f"{prefix}{r}", f"passage {prefix}{r} about {q.text}",
+                           score=10.0 - r, scores={retriever: 10.0 - r}, ranks={retriever: r})
+                 for r in range(1, 6)][:k] for q in queries]
+
+
+class _LengthScorer:
+    """A pair scorer that ranks by document length, recording which documents it was asked about."""
+
+    name = "length"
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def score(self, queries, documents):
+        from crossrank.model.cross_encoder import PairScores
+
+        self.seen |= {d.id for d in documents}
+        logits = np.array([float(len(d.text) % 3) for d in documents], dtype=np.float32)
+        return PairScores(logits, logits, np.ones(len(documents), dtype=np.int64))
+
+
+def test_search_and_eval_rerank_the_same_top_k_when_rrf_ties(beir_dir: Path) -> None:
+    from crossrank.pipeline import Fuse, Retrieve
+
+    dataset = BeirDataset(beir_dir, "test")
+    hybrid = Pipeline([Retrieve(_TiedIndex(), ["bm25", "dense"], k=5), Fuse("rrf")])
+    eval_scorer, search_scorer = _LengthScorer(), _LengthScorer()
+    config = ExperimentConfig(depth=3, depths=(3,), permutations=10, timing_queries=1, curve=False)
+    result = Experiment(dataset, {"hybrid": hybrid}, {"ce": eval_scorer}, config, progress=False).run(
+        parse_pipelines("hybrid,hybrid>>ce"))
+    search = hybrid >> Rerank(search_scorer, k=3)
+    for qid in sorted(dataset.qrels):
+        searched = search.search(Query(dataset.all_queries[qid], qid))
+        assert ranked(result.system("hybrid>>ce").run[qid])[:3] == [c.id for c in searched.candidates]
+        first = ranked(result.system("hybrid").run[qid])
+        assert first[:3] == ["a1", "z1", "a2"]  # ties in the first stage's order: best rank, then id
+    assert eval_scorer.seen == search_scorer.seen == {"a1", "z1", "a2"}
+
+
+def test_a_run_of_equal_scores_keeps_its_file_order(tmp_path: Path) -> None:
+    from crossrank.types import Document
+
+    # All scores equal; the rank column orders them, and the lines themselves are not in rank order.
+    path = tmp_path / "equal.trec"
+    path.write_text("q Q0 d2 2 0.0 t\nq Q0 d3 1 0.0 t\nq Q0 d1 3 0.0 t\nq Q0 d9 4 -1.0 t\n")
+    run = read_run(path)
+    assert ranked(run["q"]) == ["d3", "d2", "d1", "d9"]
+    corpus = {d: Document(f"text {d}", id=d) for d in ("d1", "d2", "d3", "d9")}
+    result = Pipeline([FromRun(run, corpus)]).search(Query("x", "q"))
+    assert [c.id for c in result.candidates] == ["d3", "d2", "d1", "d9"]
+    # Scored in that order too: the one relevant document is first (trec_eval's id order would put it third).
+    assert evaluate_run({"q": {"d3": 1}}, run, ("RR@10",))["RR@10"] == 1.0
+    write_run(run, tmp_path / "back.trec")
+    assert ranked(read_run(tmp_path / "back.trec")["q"]) == ["d3", "d2", "d1", "d9"]

@@ -24,9 +24,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from crossrank.datasets import ranked
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fusion, weighted_fusion
-from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace
+from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace, best_first
 
 if TYPE_CHECKING:
     from crossrank.model.cross_encoder import CrossEncoder
@@ -40,9 +41,9 @@ def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
 
 
 def ordered(candidates: Sequence[Candidate], signal: str) -> list[Candidate]:
-    """Sort by `score` (best first, ties by id for determinism) and record 1-based ranks under `signal`."""
-    order = sorted(candidates, key=lambda c: (-c.score, c.id))
-    return [c.with_signal(signal, c.score, rank) for rank, c in enumerate(order, start=1)]
+    """Sort by `score` (best first, ties in list order: `best_first`) and record 1-based ranks under `signal`."""
+    return [c.with_signal(signal, c.score, rank)
+            for rank, c in enumerate(best_first(candidates, lambda c: c.score), start=1)]
 
 
 class Stage(ABC):
@@ -98,8 +99,8 @@ class Retrieve(Stage):
                     union[hit.id] = hit if known is None else Candidate(
                         known.id, known.doc_id, known.text, known.title, known.metadata, known.score,
                         {**known.scores, **hit.scores}, {**known.ranks, **hit.ranks})
-            if len(self.retrievers) == 1 and not given:
-                out.append(ordered(list(union.values()), self.name))
+            if len(self.retrievers) == 1 and not given:  # ties by passage id, as with several retrievers
+                out.append(ordered(sorted(union.values(), key=lambda c: c.id), self.name))
                 continue
             best = {cid: min(c.ranks.get(r, 1 << 30) for r in self.retrievers) for cid, c in union.items()}
             ranked = sorted(union.values(), key=lambda c: (best[c.id], c.id))
@@ -108,7 +109,9 @@ class Retrieve(Stage):
 
 
 class FromRun(Stage):
-    """First stage from a fixed run (query id → doc id → score) over a corpus: rerank published candidates."""
+    """First stage from a fixed run (query id → doc id → score) over a corpus: rerank published candidates.
+
+    Score ties keep the run's order (a file's rank column, see `read_run`)."""
 
     def __init__(self, run: Mapping[str, Mapping[str, float]], corpus: Mapping[str, Document], k: int | None = None,
                  name: str = "run") -> None:
@@ -123,14 +126,14 @@ class FromRun(Stage):
         for query, given in zip(queries, candidate_lists, strict=True):
             if query.id is None:
                 raise ValueError(f"FromRun needs query ids; query {query.text!r} has none")
-            ranking = sorted(self.run.get(query.id, {}).items(), key=lambda item: (-item[1], item[0]))[: self.k]
+            scores = self.run.get(query.id, {})
             candidates = list(given)
-            for doc_id, score in ranking:
+            for doc_id in ranked(scores)[: self.k]:
                 document = self.corpus.get(doc_id)
                 if document is None:
                     raise KeyError(f"run for query {query.id} names document {doc_id!r}, which is not in the corpus")
                 candidates.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
-                                            float(score)))
+                                            float(scores[doc_id])))
             out.append(ordered(candidates, self.name))
         return out
 

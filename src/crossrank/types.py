@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def best_first(items: Iterable[T], score: Callable[[T], float]) -> list[T]:
+    """The one ranking order in crossrank: higher score first, ties kept in the order they arrive.
+
+    A tie is decided once, where a ranking starts (a run file's rank column, a retriever's hits by id, the caller's
+    list), and every later stage, the evaluation and training inherit that decision. RRF and constant-score runs
+    tie often; a second rule anywhere would make `crossrank eval` rerank a different top k than `crossrank search`.
+    """
+    return sorted(items, key=lambda item: -score(item))
 
 
 @dataclass(frozen=True)

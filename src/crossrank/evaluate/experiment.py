@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from crossrank.datasets import BeirDataset, Run, ranked, write_run
+from crossrank.datasets import BeirDataset, Run, write_run
 from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, rerank_at_depth, usable_depths
 from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
@@ -142,7 +142,7 @@ def safe_name(name: str) -> str:
 @dataclass
 class FirstStageOutput:
     candidates: dict[str, list[Candidate]]  # query id → candidates, first-stage order
-    run: Run  # candidate id → score
+    run: Run  # candidate id → score, in that order (so `ranked` keeps its ties)
     ms_per_query: float
 
 
@@ -215,11 +215,8 @@ class Experiment:
             return cached[1]
         first = self.first_stage(first_name)
         stage = Rerank(self.scorers[scorer], k=depth, name=scorer, first_stage_weight=None)
-        queries, lists = [], []
-        for query in self.queries:
-            by_id = {c.id: c for c in first.candidates.get(query.id, [])}
-            queries.append(query)
-            lists.append([by_id[cid] for cid in ranked(first.run.get(query.id, {}))[:depth]])
+        queries = self.queries
+        lists = [first.candidates.get(query.id, [])[:depth] for query in queries]  # the first stage's own order
         scores: Run = {}
         step = self.config.query_batch
         with tqdm(total=sum(map(len, lists)), unit="pair", desc=f"rerank {scorer}@{depth}",

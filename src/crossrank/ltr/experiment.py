@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from crossrank.datasets import BeirDataset, Run, read_run
+from crossrank.datasets import BeirDataset, Run, ranked, read_run
 from crossrank.evaluate.metrics import aggregate, per_query
 from crossrank.ltr.clicks import Impression
 from crossrank.ltr.featurelog import FeatureTable
@@ -117,9 +117,7 @@ def simulate_clicks(table: FeatureTable, qrels: Mapping[str, Mapping[str, int]],
                     seed: int = 0) -> list[Impression]:
     """Click logs for the table's queries, shown in the order of one logged signal (the production ranker)."""
     scores = signal_scores(table, logging_signal)
-    rankings: dict[str, list[str]] = {}
-    for qid, docs in table.run(scores).items():
-        rankings[qid] = sorted(docs, key=lambda d: (-docs[d], d))
+    rankings = {qid: ranked(docs) for qid, docs in table.run(scores).items()}
     simulator = ClickSimulator(model, qrels, depth=depth, swap_prob=swap_prob, seed=seed)
     return list(simulator.simulate(rankings, sessions_per_query))
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crossrank.datasets import BeirDataset, Qrels, Run
+from crossrank.datasets import BeirDataset, Qrels, Run, ranked
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
@@ -103,8 +103,8 @@ def ndcg_at_10(qrels: Qrels, run: Run) -> float:
     except ImportError:
         values = []
         for qid, judged in qrels.items():
-            ranking = sorted(run.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]
-            dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, (doc, _) in enumerate(ranking))
+            ranking = ranked(run.get(qid, {}))[:10]
+            dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, doc in enumerate(ranking))
             ideal = sorted((max(v, 0) for v in judged.values()), reverse=True)[:10]
             idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
             values.append(dcg / idcg if idcg > 0 else 0.0)
