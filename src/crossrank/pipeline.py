@@ -30,7 +30,7 @@ from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fus
 from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace, best_first
 
 if TYPE_CHECKING:
-    from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.model.cross_encoder import PairScores
 
 
 def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
@@ -60,6 +60,14 @@ class Stage(ABC):
 
     def __rshift__(self, other: Stage | Pipeline) -> Pipeline:
         return Pipeline([self]) >> other
+
+
+class PairScorer(Protocol):
+    """What `Rerank` scores with: a CrossEncoder, the bi-encoder's CosineScorer, the server's batched model."""
+
+    name: str
+
+    def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores: ...
 
 
 class Retriever(Protocol):
@@ -184,7 +192,7 @@ class Fuse(Stage):
 
 
 class Rerank(Stage):
-    """Cross-encoder over the top k of each list; all queries' pairs go through the model in one batched call.
+    """A pair scorer (a cross-encoder) over the top k of each list; all queries' pairs go through it in one call.
 
     Records the logit as "rerank" (with the cross-encoder's own rank) and the calibrated probability as
     "rerank_probability". With a first-stage weight w the list is ordered by (1 − w)·z(logit) + w·z(incoming
@@ -194,7 +202,7 @@ class Rerank(Stage):
     weight. Candidates below k are dropped.
     """
 
-    def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank",
+    def __init__(self, model: PairScorer, k: int = 100, name: str = "rerank",
                  first_stage_weight: float | Literal["model"] | None = "model") -> None:
         _positive("k", k)
         self.model, self.k, self.name = model, k, name

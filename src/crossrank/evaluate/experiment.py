@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -32,17 +32,8 @@ from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
 from crossrank.evaluate.systems import SystemSpec, scorer_of, shipped_interpolation
-from crossrank.model.cross_encoder import PairScores
-from crossrank.pipeline import Pipeline, Rerank, Stage
-from crossrank.types import Candidate, Document, Query
-
-
-class PairScorer(Protocol):
-    """What the Rerank stage calls: a CrossEncoder, or the bi-encoder's CosineScorer."""
-
-    name: str
-
-    def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores: ...
+from crossrank.pipeline import PairScorer, Pipeline, Rerank, Stage
+from crossrank.types import Candidate, Query
 
 
 @dataclass(frozen=True)

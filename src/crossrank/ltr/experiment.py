@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,11 +20,8 @@ from crossrank.ltr.features import FeatureSet, default_feature_set
 from crossrank.ltr.lambdamart import LambdaMART, cross_validate_lambdamart, split_queries, train_lambdamart
 from crossrank.ltr.propensity import PositionBias, click_labels, estimate_position_bias, grade_labels
 from crossrank.ltr.simulator import ClickModel, ClickSimulator
-from crossrank.pipeline import FromRun, Fuse, Pipeline, Rerank, Stage
+from crossrank.pipeline import FromRun, Fuse, PairScorer, Pipeline, Rerank, Stage
 from crossrank.types import Query
-
-if TYPE_CHECKING:
-    from crossrank.evaluate.experiment import PairScorer
 
 
 def bm25_run(dataset: BeirDataset, k: int = 100) -> Run:

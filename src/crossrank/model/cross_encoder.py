@@ -30,11 +30,28 @@ AGGREGATES = ("max", "first", "mean")
 
 @dataclass(frozen=True)
 class PairScores:
-    """Per-pair results: aggregated logit, probability, and how many windows the document needed."""
+    """Per-pair results: aggregated logit, probability, how many windows the document needed and, where the scorer
+    counts them (the server, for billing and limits), the input tokens the pair consumed."""
 
     logits: np.ndarray
     probabilities: np.ndarray
     windows: np.ndarray
+    tokens: np.ndarray | None = None
+
+    def slice(self, start: int, stop: int) -> PairScores:
+        span = slice(start, stop)
+        return PairScores(self.logits[span], self.probabilities[span], self.windows[span],
+                          None if self.tokens is None else self.tokens[span])
+
+    @staticmethod
+    def concat(parts: Sequence[PairScores]) -> PairScores:
+        """Slices of one request's pairs, scored separately, back in order."""
+        if not parts:
+            empty = np.zeros(0, dtype=np.float32)
+            return PairScores(empty, empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        tokens = None if any(p.tokens is None for p in parts) else np.concatenate([p.tokens for p in parts])
+        return PairScores(*(np.concatenate([getattr(p, name) for p in parts])
+                            for name in ("logits", "probabilities", "windows")), tokens)
 
 
 def validate_query(query: Any) -> str:

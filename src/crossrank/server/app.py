@@ -48,7 +48,7 @@ from crossrank.server.schemas import (
     Usage,
     document_out,
 )
-from crossrank.server.scoring import EncoderScorer, PairScorer
+from crossrank.server.scoring import BatchScorer, EncoderScorer
 
 log = logging.getLogger("crossrank.server")
 
@@ -80,7 +80,7 @@ def load_scorer(config: ServerConfig) -> EncoderScorer:
         threads=config.threads, batch_tokens=config.engine_batch_tokens))
 
 
-def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAPI:
+def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
