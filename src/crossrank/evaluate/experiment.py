@@ -26,13 +26,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from crossrank.datasets import BeirDataset, Run, write_run
+from crossrank.datasets import BeirDataset, Run, ranked, write_run
 from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, rerank_at_depth, usable_depths
 from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
 from crossrank.evaluate.systems import SystemSpec, scorer_of, shipped_interpolation
-from crossrank.pipeline import PairScorer, Pipeline, Rerank, Stage
+from crossrank.pipeline import Collapse, PairScorer, Pipeline, Rerank, Stage
 from crossrank.types import Candidate, Query
 
 
@@ -138,15 +138,12 @@ class FirstStageOutput:
 
 
 def _doc_run(run: Run, candidates: Mapping[str, Sequence[Candidate]]) -> Run:
-    """Passage-level run → document-level run (a document scores as its best passage)."""
+    """Passage-level run → document-level run through the Collapse stage: a document scores as its best passage."""
     out: Run = {}
     for qid, scores in run.items():
-        doc_of = {c.id: c.doc_id for c in candidates.get(qid, ())}
-        best: dict[str, float] = {}
-        for cid, score in scores.items():
-            doc = doc_of.get(cid, cid)
-            best[doc] = max(score, best.get(doc, float("-inf")))
-        out[qid] = best
+        by_id = {c.id: c for c in candidates.get(qid, ())}
+        passages = [by_id[cid].with_signal("run", scores[cid]) for cid in ranked(scores)]
+        out[qid] = {c.doc_id: c.score for c in Collapse()("", passages)}
     return out
 
 
