@@ -33,7 +33,8 @@ TEACHERS = ("bm25", "minilm", "splade", "e5")
 
 def prepare(args: argparse.Namespace) -> None:
     from crossrank.datasets import BeirDataset
-    from crossrank.train.data import Bm25Index, judged_lists, pseudo_query_lists
+    from crossrank.retrieve.bm25 import CorpusBM25
+    from crossrank.train.data import judged_lists, pseudo_query_lists
 
     out = Path(args.out)
     dl21 = BeirDataset(SELECTION, "test")
@@ -52,7 +53,7 @@ def prepare(args: argparse.Namespace) -> None:
     dl21_texts = [doc.content for doc in dl21.corpus.values()]
     corpus_ids += [f"{SELECTION}/{doc_id}" for doc_id in dl21.corpus]
     corpus_texts += dl21_texts
-    index = Bm25Index(corpus_texts, corpus_ids)
+    index = CorpusBM25(corpus_texts, corpus_ids)
     row_of = {doc_id: row for row, doc_id in enumerate(corpus_ids)}
     for name in ("wikiqa", "trecqa"):
         for split in ("train", "dev"):

@@ -11,9 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from crossrank.retrieve.bm25 import CorpusBM25
 from crossrank.train import losses
-from crossrank.train.data import Bm25Index, RankingList, load_lists, mine_negatives, pseudo_query, save_lists
-from crossrank.train.trainer import DevSet, Trainer, TrainConfig, ndcg_at_10
+from crossrank.train.data import RankingList, load_lists, mine_negatives, pseudo_query, save_lists
+from crossrank.train.trainer import DevSet, TrainConfig, Trainer, ndcg_at_10
 
 T = torch.tensor
 
@@ -75,7 +76,7 @@ CORPUS = {
 
 
 def test_mined_negatives_never_contain_judged_documents() -> None:
-    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    index = CorpusBM25(list(CORPUS.values()), list(CORPUS))
     qrels = {"q1": {"d1": 1, "d6": 0}, "q2": {"d3": 2}}
     lists = mine_negatives({"q1": "apple orchard", "q2": "river", "q3": "no judgments"}, index, qrels,
                            rank_range=(0, 6), per_query=5)
@@ -91,7 +92,7 @@ def test_mined_negatives_never_contain_judged_documents() -> None:
 
 
 def test_margin_filter_drops_negatives_close_to_the_positive() -> None:
-    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    index = CorpusBM25(list(CORPUS.values()), list(CORPUS))
     scorer = lambda query, texts: np.array([1.0 if "apple" in t else 0.0 for t in texts])  # noqa: E731
     [item] = mine_negatives({"q1": "apple river"}, index, {"q1": {"d1": 1}}, rank_range=(0, 6), per_query=5,
                             scorer=scorer, margin=0.5)
