@@ -261,3 +261,16 @@ def test_cli_trains_from_a_beir_folder_and_writes_card_and_calibration(tiny_mode
     assert {"config.json", "model.safetensors", "calibration.json", "README.md", "training.json"} <= {
         p.name for p in out.iterdir()}
     assert "research only" in (out / "README.md").read_text()
+
+
+def test_bi_encoder_teacher_is_the_engine_bi_encoder_on_a_device(tiny_model_dir) -> None:
+    from crossrank.model.embedding import BiEncoder
+    from crossrank.train.teacher import BiEncoderTeacher
+
+    engine = BiEncoder.from_pretrained(tiny_model_dir, backend="torch")
+    documents = ["apple pie with cinnamon", "the river delta floods"]
+    expected = engine.encode(documents) @ engine.encode(["apple"])[0]
+    scores = BiEncoderTeacher(tiny_model_dir, device="cpu").score_lists([RankingList("apple", documents)])[0]
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="needs backend='torch'"):
+        BiEncoder.from_pretrained(tiny_model_dir, device="cuda")  # ONNX Runtime here is the CPU build
