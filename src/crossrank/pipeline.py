@@ -27,17 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from crossrank.datasets import ranked
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fusion, weighted_fusion
-from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace, best_first
+from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace, best_first, check_positive
 
 if TYPE_CHECKING:
     from crossrank.model.cross_encoder import PairScores
-
-
-def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def ordered(candidates: Sequence[Candidate], signal: str) -> list[Candidate]:
@@ -90,7 +83,7 @@ class Retrieve(Stage):
         retrievers = [retrievers] if isinstance(retrievers, str) else list(retrievers)
         if not retrievers:
             raise ValueError("Retrieve needs at least one retriever name")
-        _positive("k", k)
+        check_positive("k", k)
         self.index, self.retrievers, self.k, self.name = index, retrievers, k, name
 
     def __repr__(self) -> str:
@@ -123,7 +116,7 @@ class FromRun(Stage):
 
     def __init__(self, run: Mapping[str, Mapping[str, float]], corpus: Mapping[str, Document], k: int | None = None,
                  name: str = "run") -> None:
-        _positive("k", k, allow_none=True)
+        check_positive("k", k, optional=True)
         self.run, self.corpus, self.k, self.name = run, corpus, k, name
 
     def __repr__(self) -> str:
@@ -204,7 +197,7 @@ class Rerank(Stage):
 
     def __init__(self, model: PairScorer, k: int = 100, name: str = "rerank",
                  first_stage_weight: float | Literal["model"] | None = "model") -> None:
-        _positive("k", k)
+        check_positive("k", k)
         self.model, self.k, self.name = model, k, name
         if first_stage_weight == "model":
             interpolation = getattr(model, "interpolation", None)  # scorers such as the bi-encoder ship none
@@ -246,7 +239,7 @@ class Cut(Stage):
     """Keep the first k candidates of each list."""
 
     def __init__(self, k: int, name: str = "cut") -> None:
-        _positive("k", k)
+        check_positive("k", k)
         self.k, self.name = k, name
 
     def __repr__(self) -> str:

@@ -19,6 +19,15 @@ def best_first(items: Iterable[T], score: Callable[[T], float]) -> list[T]:
     return sorted(items, key=lambda item: -score(item))
 
 
+def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
+    """Refuse anything but a positive int (None too when `optional`), naming the argument: `True` and 2.0 are not
+    counts, and a k of 0 would silently return nothing."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Document:
     """A text to rank. `title`, when present, is encoded as "title: text"; `metadata` passes through untouched."""

@@ -22,7 +22,7 @@ from crossrank.model.calibration import Calibrator
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
-from crossrank.types import Document, RankResult
+from crossrank.types import Document, RankResult, check_positive
 
 Aggregate = Literal["max", "first", "mean"]
 AGGREGATES = ("max", "first", "mean")
@@ -60,11 +60,6 @@ def validate_query(query: Any) -> str:
     if not query.strip():
         raise ValueError("query is empty or only whitespace")
     return query
-
-
-def validate_top_k(top_k: int | None) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
 
 
 def default_max_length(checkpoint: Checkpoint) -> int:
@@ -204,7 +199,7 @@ class CrossEncoder:
     def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[Any]], top_k: int | None = None,
                   return_documents: bool = True, *, show_progress_bar: bool = False) -> list[list[RankResult]]:
         """Rank several candidate lists in one pass, batching pairs across queries."""
-        validate_top_k(top_k)
+        check_positive("top_k", top_k, optional=True)
         if len(queries) != len(candidate_lists):
             raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
         queries = [validate_query(query) for query in queries]
