@@ -117,5 +117,5 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     mean, sem = float(array.mean()), float(stats.sem(array))
     if sem == 0.0:
         return mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(array) - 1)) * sem
-    return mean - half, mean + half
+    low, high = stats.t.interval(level, len(array) - 1, loc=mean, scale=sem)
+    return float(low), float(high)
