@@ -274,3 +274,17 @@ def test_bi_encoder_teacher_is_the_engine_bi_encoder_on_a_device(tiny_model_dir)
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     with pytest.raises(ValueError, match="needs backend='torch'"):
         BiEncoder.from_pretrained(tiny_model_dir, device="cuda")  # ONNX Runtime here is the CPU build
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_batch_stops_training_with_its_error(tiny_model_dir, tmp_path) -> None:
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=4,
+                         teacher_loss=None, bf16=False, device="cpu")
+    trainer = Trainer(config, synthetic_lists(0, WORDS), tmp_path / "m", log=lambda _: None)
+
+    def broken(queries, documents):
+        raise RuntimeError("tokenizer exploded")
+
+    trainer.pair_encoder.encode = broken  # batches are built in the prefetch thread
+    with pytest.raises(RuntimeError, match="tokenizer exploded"):
+        trainer.train()

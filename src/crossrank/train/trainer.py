@@ -175,18 +175,30 @@ def save_checkpoint(student: torch.nn.Module, base: Path, out: Path, max_length:
     return out
 
 
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
 def _prefetch(iterator: Iterator, size: int = 4) -> Iterator:
-    """Run a batch iterator in a thread (tokenisation releases the GIL) so the device never waits on it."""
+    """Run a batch iterator in a thread (tokenisation releases the GIL) so the device never waits on it. What the
+    iterator raises is raised here, in the training loop, which would otherwise wait forever for the next batch."""
     buffer: queue.Queue = queue.Queue(size)
     done = object()
 
     def fill() -> None:
-        for item in iterator:
-            buffer.put(item)
-        buffer.put(done)
+        try:
+            for item in iterator:
+                buffer.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            buffer.put(_Raised(exc))
+        else:
+            buffer.put(done)
 
     threading.Thread(target=fill, daemon=True).start()
     while (item := buffer.get()) is not done:
+        if isinstance(item, _Raised):
+            raise item.error
         yield item
 
 
