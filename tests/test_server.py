@@ -275,3 +275,19 @@ def test_batcher_backpressure_timeout_and_close(scorer):
             await batcher.submit(["q"], DOCS[:1], [None])
 
     asyncio.run(main())
+
+
+def test_billed_search_units_follow_coheres_rule(scorer):
+    from crossrank.server.app import search_units
+
+    # One unit per 100 documents; a document over 500 tokens (with its query) counts once per 500-token chunk.
+    cases = {(10,) * 100: 1, (10,) * 101: 2, (500,) * 100: 1, (501,) + (10,) * 99: 2, (1200,): 1, (250,) * 150: 2}
+    assert {tokens: search_units(np.array(tokens)) for tokens in cases} == cases
+    with TestClient(create_app(ServerConfig(max_documents=300, max_chars_per_document=5000), scorer)) as c:
+        def units(documents: list[str]) -> int:
+            body = c.post("/v2/rerank", json={"query": "q", "documents": documents}).json()
+            return body["meta"]["billed_units"]["search_units"]
+
+        assert units(["short text"] * 100) == 1
+        assert units(["short text"] * 101) == 2
+        assert units(["word " * 600] + ["short text"] * 99) == 2  # 601 tokens: two chunks, 101 documents billed
