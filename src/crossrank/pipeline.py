@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crossrank.datasets import ranked
@@ -97,9 +98,8 @@ class Retrieve(Stage):
             for hits in per_retriever:
                 for hit in hits[i]:
                     known = union.get(hit.id)
-                    union[hit.id] = hit if known is None else Candidate(
-                        known.id, known.doc_id, known.text, known.title, known.metadata, known.score,
-                        {**known.scores, **hit.scores}, {**known.ranks, **hit.ranks})
+                    union[hit.id] = hit if known is None else replace(
+                        known, scores={**known.scores, **hit.scores}, ranks={**known.ranks, **hit.ranks})
             if len(self.retrievers) == 1 and not given:  # ties by passage id, as with several retrievers
                 out.append(ordered(sorted(union.values(), key=lambda c: c.id), self.name))
                 continue
@@ -133,8 +133,8 @@ class FromRun(Stage):
                 document = self.corpus.get(doc_id)
                 if document is None:
                     raise KeyError(f"run for query {query.id} names document {doc_id!r}, which is not in the corpus")
-                candidates.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
-                                            float(scores[doc_id])))
+                candidates.append(Candidate(id=doc_id, doc_id=doc_id, text=document.text, title=document.title,
+                                            metadata=document.metadata, score=float(scores[doc_id])))
             out.append(ordered(candidates, self.name))
         return out
 
@@ -145,8 +145,8 @@ def candidates_from_documents(documents: Sequence[Any]) -> list[Candidate]:
     for i, value in enumerate(documents):
         document = Document.coerce(value, i)
         doc_id = document.id if document.id is not None else str(i)
-        out.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
-                             float(len(documents) - i)))
+        out.append(Candidate(id=doc_id, doc_id=doc_id, text=document.text, title=document.title,
+                             metadata=document.metadata, score=float(len(documents) - i)))
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -139,8 +139,8 @@ class Candidate:
     def with_signal(self, name: str, score: float, rank: int | None = None, *, order: bool = True) -> Candidate:
         """A copy with `name`'s score (and rank) recorded; `order=True` also makes it the ordering score."""
         ranks = dict(self.ranks) if rank is None else {**self.ranks, name: rank}
-        return Candidate(self.id, self.doc_id, self.text, self.title, self.metadata,
-                         float(score) if order else self.score, {**self.scores, name: float(score)}, ranks)
+        return replace(self, score=float(score) if order else self.score, scores={**self.scores, name: float(score)},
+                       ranks=ranks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "doc_id": self.doc_id, "title": self.title, "text": self.text,
