@@ -288,3 +288,20 @@ def test_a_failing_batch_stops_training_with_its_error(tiny_model_dir, tmp_path)
     trainer.pair_encoder.encode = broken  # batches are built in the prefetch thread
     with pytest.raises(RuntimeError, match="tokenizer exploded"):
         trainer.train()
+
+
+def test_distilbert_pre_classifier_trains_at_the_head_rate(tmp_path) -> None:
+    from conftest import copy_tokenizer
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    base = tmp_path / "tiny-distilbert"
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=1)
+    DistilBertForSequenceClassification(config).save_pretrained(base)
+    copy_tokenizer(base)
+    trainer = Trainer(TrainConfig(base=str(base), architecture="classifier", lr=1e-5, head_lr=1e-3, teacher_loss=None,
+                                  bf16=False, device="cpu"), synthetic_lists(0, WORDS), tmp_path / "m", log=lambda _: None)
+    rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    modules = dict(trainer.model.model.named_children())
+    for name in ("pre_classifier", "classifier"):  # both start untrained: the head rate
+        assert {rate[id(p)] for p in modules[name].parameters()} == {1e-3}, name
+    assert {rate[id(p)] for p in modules["distilbert"].parameters()} == {1e-5}

@@ -31,8 +31,10 @@ from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
 from crossrank.train.teacher import fuse
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-# Parameters that start at zero or at a fixed constant and need a larger step than the pretrained body.
-HEAD_PREFIXES = ("model.classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.", "log_scale", "cross_gates")
+# Parameters that start at zero, at a fixed constant or fresh (a new classifier head, DistilBERT's pre_classifier
+# included) and need a larger step than the pretrained body.
+HEAD_PREFIXES = ("model.classifier.", "model.pre_classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.",
+                 "log_scale", "cross_gates")
 ARCHITECTURES = ("auto", "gated", "classifier")
 
 
