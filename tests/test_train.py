@@ -176,14 +176,37 @@ def test_tiny_model_learns_and_its_checkpoint_round_trips(tiny_model_dir, tmp_pa
     assert saved.max_length == 128
 
 
-def test_resume_continues_from_saved_state(tiny_model_dir, tmp_path) -> None:
+def test_resume_continues_exactly_where_the_interrupted_run_stopped(tiny_model_dir, tmp_path) -> None:
+    """A run killed after its step-2 state was saved, then resumed, ends with the weights of a run never stopped:
+    weights, optimizer moments, the stream of training lists and the dropout RNG all come back."""
     train = synthetic_lists(0, WORDS)
-    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=4,
-                         eval_every=2, teacher_loss=None, bf16=False, device="cpu")
-    Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
-    config.steps, config.resume = 6, True
-    result = Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
-    assert result.steps == 6
+
+    def config(**extra) -> TrainConfig:
+        return TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=5,
+                           eval_every=2, teacher_loss=None, bf16=False, device="cpu", seed=3, **extra)
+
+    straight = Trainer(config(), train, tmp_path / "straight", log=lambda _: None)
+    straight.train()
+    interrupted = Trainer(config(), train, tmp_path / "resumed", log=lambda _: None)
+    loss, calls = interrupted._loss, []
+
+    def crash_at_step_three(batch):  # the process dies mid-run
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return loss(batch)
+
+    interrupted._loss = crash_at_step_three
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(config(resume=True), train, tmp_path / "resumed", log=lambda _: None)
+    result = resumed.train()
+    assert result.steps == 5 and result.pairs_seen == straight.pairs_seen
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    for mine, theirs in zip(resumed.optimizer.state_dict()["state"].values(),
+                            straight.optimizer.state_dict()["state"].values(), strict=True):
+        assert torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"])
 
 
 def test_config_and_trainer_reject_bad_input(tiny_model_dir, tmp_path) -> None:

@@ -269,7 +269,9 @@ class Trainer:
         others = [i for i in range(n) if i != anchor]
         return [anchor, *rng.sample(others, min(size - 1, len(others)))]
 
-    def _batches(self, rng: random.Random) -> Iterator[dict]:
+    def _batches(self, rng: random.Random, skip: int = 0) -> Iterator[dict]:
+        """Batches drawn from `rng`, the first `skip` drawn but not built: a resumed run continues the very stream
+        of lists an uninterrupted run would have seen."""
         config = self.config
         n_labelled = round(config.lists_per_step * config.labelled_fraction) if self.labelled and self.others else (
             config.lists_per_step if self.labelled else 0)
@@ -277,6 +279,9 @@ class Trainer:
             chosen = rng.choices(self.labelled, k=n_labelled) if n_labelled else []
             chosen += rng.choices(self.others, k=config.lists_per_step - n_labelled) if self.others else []
             groups = [self._group(item, rng) for item in chosen]
+            if skip:
+                skip -= 1
+                continue
             queries = [item.query for item, group in zip(chosen, groups, strict=True) for _ in group]
             documents = [item.documents[i] for item, group in zip(chosen, groups, strict=True) for i in group]
             rows, _ = self.pair_encoder.encode(queries, documents)
@@ -351,7 +356,9 @@ class Trainer:
     def _save_state(self, elapsed: float) -> None:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                     "pairs_seen": self.pairs_seen, "history": self.history, "best_metric": self.best_metric,
-                    "best_step": self.best_step, "elapsed": elapsed, "config": asdict(self.config)},
+                    "best_step": self.best_step, "elapsed": elapsed, "config": asdict(self.config),
+                    "torch_rng": torch.get_rng_state(),  # dropout: a resumed run draws the same masks
+                    "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                    self._state_path())
 
     def _load_state(self) -> None:
@@ -360,6 +367,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.pairs_seen, self.history = state["step"], state["pairs_seen"], state["history"]
         self.best_metric, self.best_step, self.elapsed_before = state["best_metric"], state["best_step"], state["elapsed"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.log(f"resumed at step {self.step} (best {self.best_metric} at {self.best_step})")
 
     def _learning_rate_factor(self, elapsed: float) -> float:
@@ -399,8 +409,7 @@ class Trainer:
         start = time.monotonic() - self.elapsed_before
         if self.dev is not None and self.step == 0:
             self._checkpoint(self.evaluate(self.dev), 0.0)
-        rng = random.Random(config.seed + self.step)
-        batches = _prefetch(self._batches(rng))
+        batches = _prefetch(self._batches(random.Random(config.seed), skip=self.step * config.grad_accum))
         evals_without_gain = 0
         self.model.train()
         progress = tqdm(total=config.steps, initial=self.step, desc="train", mininterval=10)
