@@ -124,11 +124,21 @@ def test_pseudo_query_is_a_span_or_sentence_of_the_passage() -> None:
     assert pseudo_query("too short", rng) is None
 
 
-def test_ndcg_fallback_matches_hand_value() -> None:
+def test_ndcg_fallback_matches_hand_value_and_ir_measures(monkeypatch) -> None:
+    import sys
+
+    from crossrank.evaluate.metrics import evaluate_run
+
     qrels = {"q": {"a": 2, "b": 1}}
     run = {"q": {"b": 2.0, "a": 1.0}}
-    expected = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
-    assert ndcg_at_10(qrels, run) == pytest.approx(expected, rel=1e-4)
+    graded = {"q": {"a": 2, "b": 1, "c": 3}, "r": {"x": 1}, "s": {"z": 1}}
+    tied = {"q": {"b": 2.0, "a": 1.0, "d": 1.0, "c": 0.5}, "r": {"x": 1.0, "y": 1.0}}  # ties, s unanswered
+    expected = evaluate_run(graded, tied, ["nDCG@10"])["nDCG@10"]
+    monkeypatch.setitem(sys.modules, "crossrank.evaluate.metrics", None)  # as on a box without ir-measures
+    with pytest.raises(ImportError):
+        from crossrank.evaluate.metrics import evaluate_run  # the fallback is what runs below
+    assert ndcg_at_10(qrels, run) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)), rel=1e-6)
+    assert ndcg_at_10(graded, tied) == pytest.approx(expected, rel=1e-6)
 
 
 WORDS = ["apple", "river", "mountain", "guitar", "planet", "garden", "winter", "castle", "violin", "ocean",
