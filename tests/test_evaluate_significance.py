@@ -84,10 +84,12 @@ def test_compare_all_applies_holm_across_systems() -> None:
     assert tests["same"].t_p_holm == 1.0
 
 
-def test_confidence_interval_contains_the_mean() -> None:
-    low, high = confidence_interval([0.1, 0.2, 0.3, 0.4])
-    assert low < 0.25 < high
+def test_confidence_interval_is_the_t_interval() -> None:
+    # mean 0.25, standard error 0.0645 (sd 0.129 over 4), t(0.975, 3) = 3.182: 0.25 ± 0.2054
+    assert confidence_interval([0.1, 0.2, 0.3, 0.4]) == pytest.approx((0.0446, 0.4554), abs=1e-4)
+    assert confidence_interval([0.1, 0.2, 0.3, 0.4], level=0.5) == pytest.approx((0.2006, 0.2994), abs=1e-4)
     assert confidence_interval([0.5]) == (0.5, 0.5)
+    assert confidence_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)
 
 
 def test_bad_inputs() -> None:
