@@ -338,3 +338,60 @@ def test_distilbert_pre_classifier_trains_at_the_head_rate(tmp_path) -> None:
     for name in ("pre_classifier", "classifier"):  # both start untrained: the head rate
         assert {rate[id(p)] for p in modules[name].parameters()} == {1e-3}, name
     assert {rate[id(p)] for p in modules["distilbert"].parameters()} == {1e-5}
+
+
+@pytest.mark.slow
+def test_distillation_alone_teaches_the_teachers_ranking(tiny_model_dir, tmp_path) -> None:
+    """No labels at all: the KL loss toward a teacher that prefers the document holding the query word is the
+    only signal, and dev nDCG (judged by labels the trainer never sees) must rise."""
+    train = []
+    for seed in range(8):
+        for item in synthetic_lists(seed, WORDS):
+            train.append(RankingList(item.query, item.documents, teacher=[4.0] + [0.0] * (len(item.documents) - 1),
+                                     query_id=item.query_id, document_ids=item.document_ids))
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=6, lists_per_step=16, lr=3e-3,
+                         head_lr=3e-3, steps=80, eval_every=80, label_loss=None, teacher_loss="kl", temperature=1.0,
+                         bf16=False, device="cpu", warmup=0.1)
+    result = Trainer(config, train, tmp_path / "m", dev=dev_set(), log=lambda _: None).train()
+    assert result.best_metric is not None and result.best_metric > result.history[0]["dev_ndcg@10"] + 0.08
+
+
+def _frozen(tiny_model_dir, **extra) -> TrainConfig:
+    """A config whose steps change nothing (learning rates 0): every dev evaluation scores the same."""
+    return TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, lr=0.0, head_lr=0.0,
+                       teacher_loss=None, bf16=False, device="cpu", **extra)
+
+
+def test_early_stopping_after_patience_evaluations_without_gain(tiny_model_dir, tmp_path) -> None:
+    messages: list[str] = []
+    trainer = Trainer(_frozen(tiny_model_dir, steps=20, eval_every=2, patience=2), synthetic_lists(0, WORDS),
+                      tmp_path / "m", dev=dev_set(), log=messages.append)
+    result = trainer.train()
+    assert result.steps == 4 and [h["step"] for h in result.history] == [0, 2, 4]  # two flat evaluations, then stop
+    assert any("early stop" in message for message in messages)
+
+
+def test_time_budget_stops_training_and_drives_the_learning_rate(tiny_model_dir, tmp_path) -> None:
+    messages: list[str] = []
+    trainer = Trainer(_frozen(tiny_model_dir, steps=50, max_minutes=1e-9), synthetic_lists(0, WORDS), tmp_path / "m",
+                      log=messages.append)
+    assert trainer.train().steps == 0 and any("time budget" in message for message in messages)
+    # Half the budget spent at step 0 of 50: the linear decay is as far along as the clock, not the step count.
+    budgeted = Trainer(_frozen(tiny_model_dir, steps=50, max_minutes=10, warmup=0.05), synthetic_lists(0, WORDS),
+                       tmp_path / "b", log=lambda _: None)
+    assert budgeted._learning_rate_factor(elapsed=300.0) == pytest.approx(0.5 / 0.95)
+    assert budgeted._learning_rate_factor(elapsed=0.0) == pytest.approx(1e-3)  # warm-up starts near zero
+
+
+def test_grad_accum_sums_several_batches_into_one_step(tiny_model_dir, tmp_path) -> None:
+    trainer = Trainer(_frozen(tiny_model_dir, steps=2, grad_accum=3), synthetic_lists(0, WORDS), tmp_path / "m",
+                      log=lambda _: None)
+    loss, batches = trainer._loss, []
+
+    def counting(batch):
+        batches.append(int(batch["mask"].sum()))
+        return loss(batch)
+
+    trainer._loss = counting
+    result = trainer.train()
+    assert result.steps == 2 and len(batches) == 6 and result.pairs_seen == sum(batches) == 6 * 4 * 4
