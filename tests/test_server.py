@@ -291,3 +291,17 @@ def test_billed_search_units_follow_coheres_rule(scorer):
         assert units(["short text"] * 100) == 1
         assert units(["short text"] * 101) == 2
         assert units(["word " * 600] + ["short text"] * 99) == 2  # 601 tokens: two chunks, 101 documents billed
+
+
+def test_v1_max_chunks_per_doc_caps_each_document_at_whole_windows(scorer):
+    window = scorer.window_tokens
+    long_doc = "word " * (2 * window + 50)  # three windows of document tokens
+    with TestClient(create_app(ServerConfig(max_chars_per_document=20000), scorer)) as c:
+        def tokens(**extra) -> int:
+            body = c.post("/v1/rerank", json={"query": "q", "documents": [long_doc], **extra}).json()
+            return body["meta"]["tokens"]["input_tokens"]
+
+        assert tokens() == 1 + 2 * window + 50  # the query's one token and the whole document
+        assert tokens(max_chunks_per_doc=1) == 1 + window
+        assert tokens(max_chunks_per_doc=2) == 1 + 2 * window
+        assert tokens(max_chunks_per_doc=5) == tokens()
