@@ -163,6 +163,7 @@ def dev_set(seed: int = 99) -> DevSet:
     return DevSet("synthetic", lists, qrels)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_and_its_checkpoint_round_trips(tiny_model_dir, tmp_path) -> None:
     from crossrank.model.cross_encoder import CrossEncoder
 
