@@ -4,8 +4,8 @@ One command (`python benchmarks/rerank_throughput.py [--quick]`): every contende
 TREC DL 2020 queries × their BM25 top-100 passages — with the same checkpoint, each in its own process (peak RSS
 is its own; peers run from `benchmarks/.venv-peers`, which this script creates). The machine is shared, so the
 contenders are interleaved query by query (the order rotates each query), every one of them sees the same load,
-and the figures are medians over repeats plus per-query paired ratios. Two GEMM "contenders" sample the CPU's
-fp32 and int8 peak in the same loop. Prints a table; writes benchmarks/results/rerank_throughput.json.
+and the figures are medians over repeats plus per-query paired ratios. Prints a table; writes
+benchmarks/results/rerank_throughput.json.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rerank_worker import GEMM_K, GEMM_M, GEMM_N
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -96,7 +95,7 @@ def minilm_cross_encoder(target: Path) -> Path:
 
 def load_queries(count: int | None) -> tuple[list[dict], dict]:
     """[{qid, query, doc_ids, documents}] for `count` evenly spread queries (all when None), and the qrels."""
-    from crossrank.evaluate.datasets import BeirDataset, ranked
+    from crossrank.datasets import BeirDataset, ranked
 
     dataset = BeirDataset(DATASET, "test")
     run = dataset.run("bm25-top100")
@@ -213,18 +212,9 @@ def summarise(contenders: list[Contender], queries: list[dict], flops: float, qr
             "peak_rss_mb": round(contender.peak_rss_mb, 1),
             "load_s": round(contender.load_seconds, 2),
         }
-    gemm = {name.removeprefix("gemm-"): rows.pop(name) for name in list(rows) if name.startswith("gemm-")}
-    gemm_flops = 2.0 * GEMM_M * GEMM_K * GEMM_N
-    peaks = {}
-    for precision in gemm:
-        times = np.asarray(by_name[f"gemm-{precision}"].seconds).ravel()
-        peaks[precision] = {"median_gflops": float(gemm_flops / np.median(times) / 1e9),
-                            "best_gflops": float(gemm_flops / times.min() / 1e9)}
     for name, row in rows.items():
         contender = by_name[name]
-        gflops = flops / (pairs / row["pairs_per_s"]) / 1e9
-        row["useful_gflops"] = round(gflops, 1)
-        row["of_gemm_peak"] = round(gflops / peaks[row["precision"]]["median_gflops"], 3)
+        row["useful_gflops"] = round(flops / (pairs / row["pairs_per_s"]) / 1e9, 1)
         for reference in ("sentence-transformers", contender.baseline):
             if reference and reference in rows:
                 row[f"x_{reference}"] = round(row["pairs_per_s"] / rows[reference]["pairs_per_s"], 2)
@@ -241,24 +231,22 @@ def summarise(contenders: list[Contender], queries: list[dict], flops: float, qr
         if qrels is not None:
             for contender in (fp32, int8):
                 agreement[f"ndcg@10_{contender.name}"] = round(ndcg_at_10(queries, contender.scores, qrels), 4)
-    return {"contenders": rows, "gemm_peak": peaks, "agreement": agreement, "pairs": pairs,
+    return {"contenders": rows, "agreement": agreement, "pairs": pairs,
             "useful_gflop_per_pass": round(flops / 1e9, 1)}
 
 
 def print_table(summary: dict, command: str) -> None:
     print(f"\n$ {command}")
-    print(f"{summary['pairs']} pairs/pass; useful work {summary['useful_gflop_per_pass']} GFLOP/pass; GEMM peak "
-          + ", ".join(f"{k} {v['median_gflops']:.0f} G(FL)OP/s (best {v['best_gflops']:.0f})"
-                      for k, v in summary["gemm_peak"].items()))
+    print(f"{summary['pairs']} pairs/pass; useful work {summary['useful_gflop_per_pass']} GFLOP/pass")
     header = (f"{'contender':24} {'pairs/s':>8} {'repeats':>20} {'p50 ms':>8} {'p95 ms':>8} {'RSS MB':>7} "
-              f"{'GFLOP/s':>8} {'%peak':>6} {'x ST':>6} {'x FR':>6} {'x FR paired':>11}")
+              f"{'GFLOP/s':>8} {'x ST':>6} {'x FR':>6} {'x FR paired':>11}")
     print(header)
     print("-" * len(header))
     for name, row in summary["contenders"].items():
         fr = next((key for key in row if key.startswith("x_flashrank") and not key.endswith("paired_median")), None)
         print(f"{name:24} {row['pairs_per_s']:8.1f} {str(row['pairs_per_s_repeats']):>20} "
               f"{row['p50_ms_per_query']:8.0f} {row['p95_ms_per_query']:8.0f} {row['peak_rss_mb']:7.0f} "
-              f"{row['useful_gflops']:8.1f} {100 * row['of_gemm_peak']:5.0f}% "
+              f"{row['useful_gflops']:8.1f} "
               f"{row.get('x_sentence-transformers', float('nan')):6.2f} "
               f"{row[fr] if fr else float('nan'):6.2f} {row[fr + '_paired_median'] if fr else float('nan'):11.2f}")
     for key, value in summary["agreement"].items():
@@ -324,10 +312,6 @@ def main() -> None:
                 f"crossrank-onnx-int8-bt{args.also_batch_tokens}",
                 common | crossrank | {"backend": "onnx", "quantize": "int8", "batch_tokens": args.also_batch_tokens},
                 sys.executable, baseline="flashrank-int8", precision="int8"))
-        contenders += [
-            Contender("gemm-fp32", common | {"kind": "gemm", "dtype": "fp32"}, sys.executable),
-            Contender("gemm-int8", common | {"kind": "gemm", "dtype": "int8"}, sys.executable, precision="int8"),
-        ]
         flops = useful_flops(model_dir, queries)
         load_before = os.getloadavg()
         started = time.time()

@@ -4,8 +4,6 @@ Own process so that peak RSS is the contender's own and so that peers run from t
 (`benchmarks/.venv-peers`). Protocol: the worker loads, warms up on query 0 and answers
 {"ready": load_seconds}; each {"query": i} is answered with {"seconds": elapsed, "scores": [...]} (scores in
 candidate order; larger = more relevant); {"quit": true} is answered with {"peak_rss_mb": ...}.
-The "gemm-*" contenders time one fixed ONNX Runtime matrix product per request: the machine's peak,
-sampled under the same load as the models.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ from pathlib import Path
 import numpy as np
 
 Scorer = Callable[[str, list[str]], np.ndarray]
-
-# One GEMM the size of MiniLM's FFN over a batch of 4096 tokens: big enough to reach the kernels' peak.
-GEMM_M, GEMM_K, GEMM_N = 4096, 384, 1536
 
 
 def crossrank_scorer(spec: dict) -> Scorer:
@@ -75,47 +70,13 @@ def flashrank_scorer(spec: dict) -> Scorer:
     return score
 
 
-def gemm_scorer(spec: dict) -> Scorer:
-    """A single-node ONNX Runtime graph: fp32 MatMul, or u8×s8 MatMulInteger as the int8 kernels run it."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    int8 = spec["dtype"] == "int8"
-    if int8:
-        weight = numpy_helper.from_array(rng.integers(-127, 127, (GEMM_K, GEMM_N), dtype=np.int8), "B")
-        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
-        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
-        feed = {"A": rng.integers(0, 255, (GEMM_M, GEMM_K), dtype=np.uint8)}
-    else:
-        weight = numpy_helper.from_array(rng.standard_normal((GEMM_K, GEMM_N), dtype=np.float32), "B")
-        node = helper.make_node("MatMul", ["A", "B"], ["Y"])
-        a_type = y_type = TensorProto.FLOAT
-        feed = {"A": rng.standard_normal((GEMM_M, GEMM_K), dtype=np.float32)}
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [GEMM_M, GEMM_K])],
-                              [helper.make_tensor_value_info("Y", y_type, [GEMM_M, GEMM_N])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    if spec.get("threads"):
-        options.intra_op_num_threads = spec["threads"]
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    onnx.checker.check_model(model)
-
-    def score(_query: str, _documents: list[str]) -> np.ndarray:
-        session.run(None, feed)
-        return np.zeros(0, dtype=np.float32)
-
-    return score
-
-
 def main() -> None:
     reply = protocol_channel()
     spec = json.loads(sys.argv[1])
     queries = json.loads(Path(spec["pairs_file"]).read_text(encoding="utf-8"))
     started = time.perf_counter()
     scorer = {"crossrank": crossrank_scorer, "sentence-transformers": sentence_transformers_scorer,
-              "flashrank": flashrank_scorer, "gemm": gemm_scorer}[spec["kind"]](spec)
+              "flashrank": flashrank_scorer}[spec["kind"]](spec)
     scorer(queries[0]["query"], queries[0]["documents"])  # warm-up: first-run allocations are not throughput
     reply({"ready": time.perf_counter() - started})
     for line in sys.stdin:

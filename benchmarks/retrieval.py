@@ -119,7 +119,7 @@ def ann_recall(index, queries: dict[str, str]) -> dict:
 
 
 def bench_dataset(name: str, args) -> dict:
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.pipeline import Collapse, Cut, Fuse, Pipeline, Rerank, Retrieve
     from crossrank.store import FieldMapping, Index, IndexConfig
 

@@ -33,9 +33,9 @@ CONTENDERS = {
 
 def worker(name: str, steps: int) -> None:
     """Train `steps` steps (after one warm-up step) and print pairs/s and peak RSS as JSON."""
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.train.data import judged_lists
-    from crossrank.train.trainer import Trainer, TrainConfig
+    from crossrank.train.trainer import TrainConfig, Trainer
 
     dataset = BeirDataset("trec-dl-2021", "test")
     lists = judged_lists(dataset, dataset.run("bm25-top100"), include_judged=False)

@@ -33,8 +33,9 @@ TEACHERS = ("bm25", "minilm", "splade", "e5")
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from crossrank.evaluate.datasets import BeirDataset
-    from crossrank.train.data import Bm25Index, judged_lists, pseudo_query_lists
+    from crossrank.datasets import BeirDataset
+    from crossrank.retrieve.bm25 import CorpusBM25
+    from crossrank.train.data import judged_lists, pseudo_query_lists
 
     out = Path(args.out)
     dl21 = BeirDataset(SELECTION, "test")
@@ -53,7 +54,7 @@ def prepare(args: argparse.Namespace) -> None:
     dl21_texts = [doc.content for doc in dl21.corpus.values()]
     corpus_ids += [f"{SELECTION}/{doc_id}" for doc_id in dl21.corpus]
     corpus_texts += dl21_texts
-    index = Bm25Index(corpus_texts, corpus_ids)
+    index = CorpusBM25(corpus_texts, corpus_ids)
     row_of = {doc_id: row for row, doc_id in enumerate(corpus_ids)}
     for name in ("wikiqa", "trecqa"):
         for split in ("train", "dev"):
@@ -121,7 +122,7 @@ def fit(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from crossrank.train.trainer import DevSet, Trainer, TrainConfig
+    from crossrank.train.trainer import DevSet, TrainConfig, Trainer
 
     data = Path(args.data)
     lists = load_lists(data / "train-teacher.jsonl.gz")
@@ -184,7 +185,7 @@ def fusion(args: argparse.Namespace) -> None:
     (a run, BM25, one retriever) share `weight`; the fused list gets its own (`by_first_stage["fusion"]`)."""
     import numpy as np
 
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.evaluate.depth import rerank_at_depth
     from crossrank.evaluate.experiment import Experiment, ExperimentConfig, _doc_run
     from crossrank.evaluate.metrics import per_query, relevance_threshold

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from crossrank.cli import app
@@ -12,22 +13,33 @@ runner = CliRunner()
 
 
 def test_rerank_reads_json_and_plain_lines_and_writes_json_lines(tiny_model_dir, tmp_path):
+    from crossrank.model.cross_encoder import CrossEncoder
+
     source = tmp_path / "docs.txt"  # plain text: one document per line, a JSON object line read as one
-    source.write_text('{"id": "a", "text": "vaccines train immunity", "title": "Vaccines"}\nplain line document\n\n')
+    source.write_text('{"id": "a", "text": "vaccines train immunity", "title": "Vaccines"}\nplain line document\n\n'
+                      '{"text": "a third one about the immune system"}\n')
     result = runner.invoke(app, ["rerank", "--model", str(tiny_model_dir), "--query", "vaccines",
                                  "--format", "jsonl", "--top-k", "2", str(source)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 2 and {row["index"] for row in rows} == {0, 1}
-    assert rows[0]["score"] >= rows[1]["score"]
-    assert any(row["document"] == {"id": "a", "text": "vaccines train immunity", "title": "Vaccines"} for row in rows)
+    documents = [{"id": "a", "text": "vaccines train immunity", "title": "Vaccines"}, "plain line document",
+                 {"text": "a third one about the immune system"}]
+    expected = CrossEncoder.from_pretrained(tiny_model_dir).rank("vaccines", documents, top_k=2)
+    assert [(row["index"], row["document"]) for row in rows] == [(r.index, r.document) for r in expected]
+    assert [row["score"] for row in rows] == pytest.approx([r.score for r in expected], abs=1e-5)
 
 
-def test_rerank_reads_stdin_and_prints_a_table(tiny_model_dir):
+def test_rerank_reads_stdin_and_prints_a_table_in_rank_order(tiny_model_dir):
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    documents = ["sourdough bread", "stock prices", "whole wheat bread rolls", "interest rates rise"]
     result = runner.invoke(app, ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--backend", "torch", "-"],
-                           input="sourdough bread\nstock prices\n")
+                           input="\n".join(documents) + "\n")
     assert result.exit_code == 0, result.output
-    assert "sourdough bread" in result.stdout and "windows" in result.stdout
+    expected = CrossEncoder.from_pretrained(tiny_model_dir, backend="torch").rank("bread", documents)
+    assert "windows" in result.stdout
+    positions = [result.stdout.index(documents[r.index]) for r in expected]
+    assert positions == sorted(positions)  # printed best first, as the engine ranks them
 
 
 def test_rerank_bad_input_exits_with_a_message(tiny_model_dir, tmp_path):

@@ -386,5 +386,11 @@ def test_isotonic_calibration_is_monotone_and_bounded():
     probabilities = calibrator(grid)
     assert np.all(np.diff(probabilities) >= -1e-9)
     assert probabilities.min() >= 0 and probabilities.max() <= 1
+    # It recovers the sigmoid the labels were drawn from (a constant or a step would not).
+    inner = np.linspace(-3, 3, 61)
+    assert np.abs(calibrator(inner) - 1 / (1 + np.exp(-inner))).mean() < 0.04
+    # Pool-adjacent-violators by hand: (0, 1, 0, 1) at logits 0..3 → 0, ½, ½, 1.
+    small = Calibrator.fit(np.array([0.0, 1.0, 2.0, 3.0]), np.array([0, 1, 0, 1]), "isotonic")
+    np.testing.assert_allclose(small(np.array([0.0, 1.0, 1.5, 2.0, 3.0, 9.0])), [0, 0.5, 0.5, 0.5, 1, 1], atol=1e-7)
     with pytest.raises(ValueError, match="both"):
         Calibrator.fit(np.zeros(5), np.zeros(5))

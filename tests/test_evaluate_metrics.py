@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import pytrec_eval
 
-from crossrank.evaluate.datasets import BeirDataset
+from crossrank.datasets import BeirDataset
 from crossrank.evaluate.metrics import aggregate, evaluate_run, parse_measures, per_query, relevance_threshold
 
 GRADED_QRELS = {

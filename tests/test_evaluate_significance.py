@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -55,10 +57,21 @@ def test_randomisation_exact_on_tiny_case() -> None:
     assert randomisation_test(np.array([1.0, 1.0, 1.0]), permutations=20000, seed=3) == pytest.approx(0.25, abs=0.01)
 
 
+def test_a_constant_shift_has_no_t_test_but_a_randomisation_test() -> None:
+    base = values(np.array([0.2, 0.5]))
+    shifted = values(np.array([0.3, 0.6]))  # +0.1 on both queries: zero variance, t undefined
+    result = compare(shifted, base, permutations=2000)
+    assert math.isnan(result.t_p)
+    assert result.randomisation_p == pytest.approx(0.5, abs=0.05)  # 2 of the 4 sign patterns reach it
+    assert math.isnan(t_test(np.full(30, 0.1))) and t_test(np.zeros(30)) == 1.0
+
+
 def test_holm_step_down() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert holm([]) == []
+    adjusted = holm([0.01, math.nan, 0.02])  # the undefined test still counts in the family of three
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.03) and adjusted[2] == pytest.approx(0.04)
 
 
 def test_compare_all_applies_holm_across_systems() -> None:
@@ -71,10 +84,12 @@ def test_compare_all_applies_holm_across_systems() -> None:
     assert tests["same"].t_p_holm == 1.0
 
 
-def test_confidence_interval_contains_the_mean() -> None:
-    low, high = confidence_interval([0.1, 0.2, 0.3, 0.4])
-    assert low < 0.25 < high
+def test_confidence_interval_is_the_t_interval() -> None:
+    # mean 0.25, standard error 0.0645 (sd 0.129 over 4), t(0.975, 3) = 3.182: 0.25 ± 0.2054
+    assert confidence_interval([0.1, 0.2, 0.3, 0.4]) == pytest.approx((0.0446, 0.4554), abs=1e-4)
+    assert confidence_interval([0.1, 0.2, 0.3, 0.4], level=0.5) == pytest.approx((0.2006, 0.2994), abs=1e-4)
     assert confidence_interval([0.5]) == (0.5, 0.5)
+    assert confidence_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)
 
 
 def test_bad_inputs() -> None:

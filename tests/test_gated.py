@@ -105,6 +105,7 @@ def test_onnx_and_int8_match_torch(tiny_gated_dir) -> None:  # noqa: ANN001
     np.testing.assert_allclose(int8, reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
 
 
+@pytest.mark.slow
 def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # noqa: ANN001
     from crossrank.train.data import RankingList
     from crossrank.train.trainer import Trainer, TrainConfig

@@ -208,7 +208,7 @@ def _candidates() -> list[Candidate]:
 
 def test_features_are_hand_computed_and_aligned_with_candidates():
     now = 1_795_651_200.0  # 2026-11-26T00:00:00Z
-    fs = FeatureSet("t", 1, (StageScore("bm25"), StageRank("dense"), DocLength(), TitleMatch(), QueryCoverage(),
+    fs = FeatureSet("t", 1, (StageScore("bm25"), StageRank("dense"), DocLength(), TitleMatch(stemming=True), QueryCoverage(stemming=True),
                              Freshness("ts", half_life_days=10, now=now), Numeric("pop", log=True)))
     candidates = _candidates()
     x = fs.extract("BM25 ranking", candidates)
@@ -219,6 +219,10 @@ def test_features_are_hand_computed_and_aligned_with_candidates():
     np.testing.assert_array_equal(fs.extract("BM25 ranking", candidates[::-1]), x[::-1])
     np.testing.assert_array_equal(fs.extract("BM25 ranking", candidates), x)  # deterministic
     assert fs.extract("q", []).shape == (0, 7)
+    # Terms as BM25 sees them: "the" is a stop word, "ranked"/"documents" stem to what the passage says.
+    coverage = QueryCoverage(stemming=True).values("the ranked documents", candidates)
+    np.testing.assert_allclose(coverage, [1.0, 0.0])
+    np.testing.assert_allclose(QueryCoverage(stemming=False).values("the ranked documents", candidates), [0.5, 0.0])
 
 
 def test_feature_set_json_round_trip_and_errors():
@@ -229,6 +233,8 @@ def test_feature_set_json_round_trip_and_errors():
         FeatureSet.from_json({"name": "x", "version": 1, "features": [{"type": "magic"}]})
     with pytest.raises(ValueError, match="bad parameters"):
         FeatureSet.from_json({"name": "x", "version": 1, "features": [{"type": "score"}]})
+    with pytest.raises(ValueError, match="bad parameters"):  # saved when terms were \w+: refused, not recomputed
+        FeatureSet.from_json({"name": "x", "version": 1, "features": [{"type": "query_coverage"}]})
     with pytest.raises(ValueError, match="missing"):
         FeatureSet.from_json({"name": "x", "features": []})
     with pytest.raises(ValueError, match="repeats"):

@@ -122,3 +122,13 @@ def test_cli_reports_bad_input(args, message, tmp_path):
     FeatureTable(fs, ["q", "q"], ["a", "b"], np.array([[1.0], [2.0]]), np.array([0.0, 1.0])).save(log)
     result = CliRunner().invoke(app, [a.replace("{log}", str(log)) for a in args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_sets_without_a_run_get_full_corpus_bm25_with_ties_by_id(tiny_beir):
+    from crossrank.datasets import BeirDataset
+    from crossrank.ltr.experiment import first_stage_run
+
+    run = first_stage_run(BeirDataset(tiny_beir, "test"), None, 3)
+    assert set(run) == {"q1", "q2", "q3"}
+    # d1, d3, d5 are the same words about ranking: equal BM25 scores, ordered by id as Retrieve orders ties.
+    assert list(run["q1"]) == ["d1", "d3", "d5"] and len(set(run["q1"].values())) == 1

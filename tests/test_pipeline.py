@@ -74,6 +74,23 @@ def test_fuse_rrf_and_weighted():
     assert weighted[0].ranks["fusion"] == 1 and weighted[0].ranks["bm25"] == 1
 
 
+def test_fuse_zscore_adds_standardised_scores():
+    candidates = [_cand("a", bm25=(10.0, 1)), _cand("b", bm25=(5.0, 2), dense=(0.9, 1)), _cand("c", dense=(0.1, 2))]
+    fused = Fuse("weighted", normalization="zscore")("q", candidates)
+    # bm25 z: a +1, b −1; dense z: b +1, c −1; a source that missed a candidate adds 0. (Min-max would tie a and b.)
+    assert [(c.id, c.scores["fusion"]) for c in fused] == [("a", 1.0), ("b", 0.0), ("c", -1.0)]
+    weighted = Fuse("weighted", weights={"bm25": 1.0, "dense": 3.0}, normalization="zscore")("q", candidates)
+    assert [(c.id, c.scores["fusion"]) for c in weighted] == [("b", 2.0), ("a", 1.0), ("c", -3.0)]
+
+
+def test_rrf_ties_keep_the_order_they_arrive_in():
+    bm25_only, dense_only = _cand("z", bm25=(3.0, 1)), _cand("a", dense=(0.9, 1))  # both 1/61: a tie
+    for arrival in ([bm25_only, dense_only], [dense_only, bm25_only]):
+        fused = Fuse("rrf")("q", arrival)
+        assert [c.id for c in fused] == [c.id for c in arrival]  # not re-sorted by id
+        assert fused[0].scores["fusion"] == fused[1].scores["fusion"] and [c.ranks["fusion"] for c in fused] == [1, 2]
+
+
 def test_fusion_functions_validate():
     assert reciprocal_rank_fusion({"x": {"a": 1}}, k=0) == {"a": 1.0}
     with pytest.raises(ValueError, match="1-based"):
@@ -96,7 +113,7 @@ def test_pipeline_validation():
         Pipeline([Cut(1)]).run(["  "], [[]])
     with pytest.raises(ValueError, match="candidate lists"):
         Pipeline([Cut(1)]).run(["a", "b"], [[]])
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="must be 1 or more"):
         Cut(0)
     assert repr(Cut(3) >> Cut(2)) == "Cut(3) >> Cut(2)"
 

@@ -275,3 +275,33 @@ def test_batcher_backpressure_timeout_and_close(scorer):
             await batcher.submit(["q"], DOCS[:1], [None])
 
     asyncio.run(main())
+
+
+def test_billed_search_units_follow_coheres_rule(scorer):
+    from crossrank.server.app import search_units
+
+    # One unit per 100 documents; a document over 500 tokens (with its query) counts once per 500-token chunk.
+    cases = {(10,) * 100: 1, (10,) * 101: 2, (500,) * 100: 1, (501,) + (10,) * 99: 2, (1200,): 1, (250,) * 150: 2}
+    assert {tokens: search_units(np.array(tokens)) for tokens in cases} == cases
+    with TestClient(create_app(ServerConfig(max_documents=300, max_chars_per_document=5000), scorer)) as c:
+        def units(documents: list[str]) -> int:
+            body = c.post("/v2/rerank", json={"query": "q", "documents": documents}).json()
+            return body["meta"]["billed_units"]["search_units"]
+
+        assert units(["short text"] * 100) == 1
+        assert units(["short text"] * 101) == 2
+        assert units(["word " * 600] + ["short text"] * 99) == 2  # 601 tokens: two chunks, 101 documents billed
+
+
+def test_v1_max_chunks_per_doc_caps_each_document_at_whole_windows(scorer):
+    window = scorer.window_tokens
+    long_doc = "word " * (2 * window + 50)  # three windows of document tokens
+    with TestClient(create_app(ServerConfig(max_chars_per_document=20000), scorer)) as c:
+        def tokens(**extra) -> int:
+            body = c.post("/v1/rerank", json={"query": "q", "documents": [long_doc], **extra}).json()
+            return body["meta"]["tokens"]["input_tokens"]
+
+        assert tokens() == 1 + 2 * window + 50  # the query's one token and the whole document
+        assert tokens(max_chunks_per_doc=1) == 1 + window
+        assert tokens(max_chunks_per_doc=2) == 1 + 2 * window
+        assert tokens(max_chunks_per_doc=5) == tokens()

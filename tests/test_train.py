@@ -11,9 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from crossrank.retrieve.bm25 import CorpusBM25
 from crossrank.train import losses
-from crossrank.train.data import Bm25Index, RankingList, load_lists, mine_negatives, pseudo_query, save_lists
-from crossrank.train.trainer import DevSet, Trainer, TrainConfig, ndcg_at_10
+from crossrank.train.data import RankingList, load_lists, mine_negatives, pseudo_query, save_lists
+from crossrank.train.trainer import DevSet, TrainConfig, Trainer, ndcg_at_10
 
 T = torch.tensor
 
@@ -75,7 +76,7 @@ CORPUS = {
 
 
 def test_mined_negatives_never_contain_judged_documents() -> None:
-    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    index = CorpusBM25(list(CORPUS.values()), list(CORPUS))
     qrels = {"q1": {"d1": 1, "d6": 0}, "q2": {"d3": 2}}
     lists = mine_negatives({"q1": "apple orchard", "q2": "river", "q3": "no judgments"}, index, qrels,
                            rank_range=(0, 6), per_query=5)
@@ -91,7 +92,7 @@ def test_mined_negatives_never_contain_judged_documents() -> None:
 
 
 def test_margin_filter_drops_negatives_close_to_the_positive() -> None:
-    index = Bm25Index(list(CORPUS.values()), list(CORPUS))
+    index = CorpusBM25(list(CORPUS.values()), list(CORPUS))
     scorer = lambda query, texts: np.array([1.0 if "apple" in t else 0.0 for t in texts])  # noqa: E731
     [item] = mine_negatives({"q1": "apple river"}, index, {"q1": {"d1": 1}}, rank_range=(0, 6), per_query=5,
                             scorer=scorer, margin=0.5)
@@ -123,11 +124,21 @@ def test_pseudo_query_is_a_span_or_sentence_of_the_passage() -> None:
     assert pseudo_query("too short", rng) is None
 
 
-def test_ndcg_fallback_matches_hand_value() -> None:
+def test_ndcg_fallback_matches_hand_value_and_ir_measures(monkeypatch) -> None:
+    import sys
+
+    from crossrank.evaluate.metrics import evaluate_run
+
     qrels = {"q": {"a": 2, "b": 1}}
     run = {"q": {"b": 2.0, "a": 1.0}}
-    expected = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
-    assert ndcg_at_10(qrels, run) == pytest.approx(expected, rel=1e-4)
+    graded = {"q": {"a": 2, "b": 1, "c": 3}, "r": {"x": 1}, "s": {"z": 1}}
+    tied = {"q": {"b": 2.0, "a": 1.0, "d": 1.0, "c": 0.5}, "r": {"x": 1.0, "y": 1.0}}  # ties, s unanswered
+    expected = evaluate_run(graded, tied, ["nDCG@10"])["nDCG@10"]
+    monkeypatch.setitem(sys.modules, "crossrank.evaluate.metrics", None)  # as on a box without ir-measures
+    with pytest.raises(ImportError):
+        from crossrank.evaluate.metrics import evaluate_run  # the fallback is what runs below
+    assert ndcg_at_10(qrels, run) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)), rel=1e-6)
+    assert ndcg_at_10(graded, tied) == pytest.approx(expected, rel=1e-6)
 
 
 WORDS = ["apple", "river", "mountain", "guitar", "planet", "garden", "winter", "castle", "violin", "ocean",
@@ -152,6 +163,7 @@ def dev_set(seed: int = 99) -> DevSet:
     return DevSet("synthetic", lists, qrels)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_and_its_checkpoint_round_trips(tiny_model_dir, tmp_path) -> None:
     from crossrank.model.cross_encoder import CrossEncoder
 
@@ -175,14 +187,37 @@ def test_tiny_model_learns_and_its_checkpoint_round_trips(tiny_model_dir, tmp_pa
     assert saved.max_length == 128
 
 
-def test_resume_continues_from_saved_state(tiny_model_dir, tmp_path) -> None:
+def test_resume_continues_exactly_where_the_interrupted_run_stopped(tiny_model_dir, tmp_path) -> None:
+    """A run killed after its step-2 state was saved, then resumed, ends with the weights of a run never stopped:
+    weights, optimizer moments, the stream of training lists and the dropout RNG all come back."""
     train = synthetic_lists(0, WORDS)
-    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=4,
-                         eval_every=2, teacher_loss=None, bf16=False, device="cpu")
-    Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
-    config.steps, config.resume = 6, True
-    result = Trainer(config, train, tmp_path / "m", log=lambda _: None).train()
-    assert result.steps == 6
+
+    def config(**extra) -> TrainConfig:
+        return TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=5,
+                           eval_every=2, teacher_loss=None, bf16=False, device="cpu", seed=3, **extra)
+
+    straight = Trainer(config(), train, tmp_path / "straight", log=lambda _: None)
+    straight.train()
+    interrupted = Trainer(config(), train, tmp_path / "resumed", log=lambda _: None)
+    loss, calls = interrupted._loss, []
+
+    def crash_at_step_three(batch):  # the process dies mid-run
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return loss(batch)
+
+    interrupted._loss = crash_at_step_three
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(config(resume=True), train, tmp_path / "resumed", log=lambda _: None)
+    result = resumed.train()
+    assert result.steps == 5 and result.pairs_seen == straight.pairs_seen
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    for mine, theirs in zip(resumed.optimizer.state_dict()["state"].values(),
+                            straight.optimizer.state_dict()["state"].values(), strict=True):
+        assert torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"])
 
 
 def test_config_and_trainer_reject_bad_input(tiny_model_dir, tmp_path) -> None:
@@ -260,3 +295,104 @@ def test_cli_trains_from_a_beir_folder_and_writes_card_and_calibration(tiny_mode
     assert {"config.json", "model.safetensors", "calibration.json", "README.md", "training.json"} <= {
         p.name for p in out.iterdir()}
     assert "research only" in (out / "README.md").read_text()
+
+
+def test_bi_encoder_teacher_is_the_engine_bi_encoder_on_a_device(tiny_model_dir) -> None:
+    from crossrank.model.embedding import BiEncoder
+    from crossrank.train.teacher import BiEncoderTeacher
+
+    engine = BiEncoder.from_pretrained(tiny_model_dir, backend="torch")
+    documents = ["apple pie with cinnamon", "the river delta floods"]
+    expected = engine.encode(documents) @ engine.encode(["apple"])[0]
+    scores = BiEncoderTeacher(tiny_model_dir, device="cpu").score_lists([RankingList("apple", documents)])[0]
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="needs backend='torch'"):
+        BiEncoder.from_pretrained(tiny_model_dir, device="cuda")  # ONNX Runtime here is the CPU build
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_batch_stops_training_with_its_error(tiny_model_dir, tmp_path) -> None:
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, steps=4,
+                         teacher_loss=None, bf16=False, device="cpu")
+    trainer = Trainer(config, synthetic_lists(0, WORDS), tmp_path / "m", log=lambda _: None)
+
+    def broken(queries, documents):
+        raise RuntimeError("tokenizer exploded")
+
+    trainer.pair_encoder.encode = broken  # batches are built in the prefetch thread
+    with pytest.raises(RuntimeError, match="tokenizer exploded"):
+        trainer.train()
+
+
+def test_distilbert_pre_classifier_trains_at_the_head_rate(tmp_path) -> None:
+    from conftest import copy_tokenizer
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    base = tmp_path / "tiny-distilbert"
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=1)
+    DistilBertForSequenceClassification(config).save_pretrained(base)
+    copy_tokenizer(base)
+    trainer = Trainer(TrainConfig(base=str(base), architecture="classifier", lr=1e-5, head_lr=1e-3, teacher_loss=None,
+                                  bf16=False, device="cpu"), synthetic_lists(0, WORDS), tmp_path / "m", log=lambda _: None)
+    rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    modules = dict(trainer.model.model.named_children())
+    for name in ("pre_classifier", "classifier"):  # both start untrained: the head rate
+        assert {rate[id(p)] for p in modules[name].parameters()} == {1e-3}, name
+    assert {rate[id(p)] for p in modules["distilbert"].parameters()} == {1e-5}
+
+
+@pytest.mark.slow
+def test_distillation_alone_teaches_the_teachers_ranking(tiny_model_dir, tmp_path) -> None:
+    """No labels at all: the KL loss toward a teacher that prefers the document holding the query word is the
+    only signal, and dev nDCG (judged by labels the trainer never sees) must rise."""
+    train = []
+    for seed in range(8):
+        for item in synthetic_lists(seed, WORDS):
+            train.append(RankingList(item.query, item.documents, teacher=[4.0] + [0.0] * (len(item.documents) - 1),
+                                     query_id=item.query_id, document_ids=item.document_ids))
+    config = TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=6, lists_per_step=16, lr=3e-3,
+                         head_lr=3e-3, steps=80, eval_every=80, label_loss=None, teacher_loss="kl", temperature=1.0,
+                         bf16=False, device="cpu", warmup=0.1)
+    result = Trainer(config, train, tmp_path / "m", dev=dev_set(), log=lambda _: None).train()
+    assert result.best_metric is not None and result.best_metric > result.history[0]["dev_ndcg@10"] + 0.08
+
+
+def _frozen(tiny_model_dir, **extra) -> TrainConfig:
+    """A config whose steps change nothing (learning rates 0): every dev evaluation scores the same."""
+    return TrainConfig(base=str(tiny_model_dir), max_length=128, group_size=4, lists_per_step=4, lr=0.0, head_lr=0.0,
+                       teacher_loss=None, bf16=False, device="cpu", **extra)
+
+
+def test_early_stopping_after_patience_evaluations_without_gain(tiny_model_dir, tmp_path) -> None:
+    messages: list[str] = []
+    trainer = Trainer(_frozen(tiny_model_dir, steps=20, eval_every=2, patience=2), synthetic_lists(0, WORDS),
+                      tmp_path / "m", dev=dev_set(), log=messages.append)
+    result = trainer.train()
+    assert result.steps == 4 and [h["step"] for h in result.history] == [0, 2, 4]  # two flat evaluations, then stop
+    assert any("early stop" in message for message in messages)
+
+
+def test_time_budget_stops_training_and_drives_the_learning_rate(tiny_model_dir, tmp_path) -> None:
+    messages: list[str] = []
+    trainer = Trainer(_frozen(tiny_model_dir, steps=50, max_minutes=1e-9), synthetic_lists(0, WORDS), tmp_path / "m",
+                      log=messages.append)
+    assert trainer.train().steps == 0 and any("time budget" in message for message in messages)
+    # Half the budget spent at step 0 of 50: the linear decay is as far along as the clock, not the step count.
+    budgeted = Trainer(_frozen(tiny_model_dir, steps=50, max_minutes=10, warmup=0.05), synthetic_lists(0, WORDS),
+                       tmp_path / "b", log=lambda _: None)
+    assert budgeted._learning_rate_factor(elapsed=300.0) == pytest.approx(0.5 / 0.95)
+    assert budgeted._learning_rate_factor(elapsed=0.0) == pytest.approx(1e-3)  # warm-up starts near zero
+
+
+def test_grad_accum_sums_several_batches_into_one_step(tiny_model_dir, tmp_path) -> None:
+    trainer = Trainer(_frozen(tiny_model_dir, steps=2, grad_accum=3), synthetic_lists(0, WORDS), tmp_path / "m",
+                      log=lambda _: None)
+    loss, batches = trainer._loss, []
+
+    def counting(batch):
+        batches.append(int(batch["mask"].sum()))
+        return loss(batch)
+
+    trainer._loss = counting
+    result = trainer.train()
+    assert result.steps == 2 and len(batches) == 6 and result.pairs_seen == sum(batches) == 6 * 4 * 4

@@ -67,7 +67,7 @@ def synthetic_input(vocabulary: Sequence[str], queries: int = 10, candidates: in
 def dataset_input(dataset_spec: str, run: str | None = None, queries: int = 10, candidates: int = 100) -> BenchInput:
     """The first `queries` queries of a BEIR split that have candidates, with their top `candidates` from a
     shipped run (by name; default: the set's first) or a TREC run file."""
-    from crossrank.evaluate.datasets import parse_dataset_spec, ranked, read_run
+    from crossrank.datasets import parse_dataset_spec, ranked, read_run
 
     dataset = parse_dataset_spec(dataset_spec)
     if run is not None and Path(run).is_file():

@@ -22,21 +22,16 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from crossrank.datasets import ranked
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.retrieve.fusion import NORMALIZATIONS, RRF_K, reciprocal_rank_fusion, weighted_fusion
-from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace
+from crossrank.types import Candidate, Document, Query, SearchResult, StageTrace, best_first, check_positive
 
 if TYPE_CHECKING:
-    from crossrank.model.cross_encoder import CrossEncoder
-
-
-def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    from crossrank.model.cross_encoder import PairScores
 
 
 def ordering_signal(candidates: Sequence[Candidate]) -> str | None:
@@ -45,9 +40,9 @@ def ordering_signal(candidates: Sequence[Candidate]) -> str | None:
 
 
 def ordered(candidates: Sequence[Candidate], signal: str) -> list[Candidate]:
-    """Sort by `score` (best first, ties by id for determinism) and record 1-based ranks under `signal`."""
-    order = sorted(candidates, key=lambda c: (-c.score, c.id))
-    return [c.with_signal(signal, c.score, rank) for rank, c in enumerate(order, start=1)]
+    """Sort by `score` (best first, ties in list order: `best_first`) and record 1-based ranks under `signal`."""
+    return [c.with_signal(signal, c.score, rank)
+            for rank, c in enumerate(best_first(candidates, lambda c: c.score), start=1)]
 
 
 class Stage(ABC):
@@ -64,6 +59,14 @@ class Stage(ABC):
 
     def __rshift__(self, other: Stage | Pipeline) -> Pipeline:
         return Pipeline([self]) >> other
+
+
+class PairScorer(Protocol):
+    """What `Rerank` scores with: a CrossEncoder, the bi-encoder's CosineScorer, the server's batched model."""
+
+    name: str
+
+    def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores: ...
 
 
 class Retriever(Protocol):
@@ -86,7 +89,7 @@ class Retrieve(Stage):
         retrievers = [retrievers] if isinstance(retrievers, str) else list(retrievers)
         if not retrievers:
             raise ValueError("Retrieve needs at least one retriever name")
-        _positive("k", k)
+        check_positive("k", k)
         self.index, self.retrievers, self.k, self.name = index, retrievers, k, name
 
     def __repr__(self) -> str:
@@ -100,11 +103,10 @@ class Retrieve(Stage):
             for hits in per_retriever:
                 for hit in hits[i]:
                     known = union.get(hit.id)
-                    union[hit.id] = hit if known is None else Candidate(
-                        known.id, known.doc_id, known.text, known.title, known.metadata, known.score,
-                        {**known.scores, **hit.scores}, {**known.ranks, **hit.ranks})
-            if len(self.retrievers) == 1 and not given:
-                out.append(ordered(list(union.values()), self.name))
+                    union[hit.id] = hit if known is None else replace(
+                        known, scores={**known.scores, **hit.scores}, ranks={**known.ranks, **hit.ranks})
+            if len(self.retrievers) == 1 and not given:  # ties by passage id, as with several retrievers
+                out.append(ordered(sorted(union.values(), key=lambda c: c.id), self.name))
                 continue
             best = {cid: min(c.ranks.get(r, 1 << 30) for r in self.retrievers) for cid, c in union.items()}
             ranked = sorted(union.values(), key=lambda c: (best[c.id], c.id))
@@ -113,11 +115,13 @@ class Retrieve(Stage):
 
 
 class FromRun(Stage):
-    """First stage from a fixed run (query id → doc id → score) over a corpus: rerank published candidates."""
+    """First stage from a fixed run (query id → doc id → score) over a corpus: rerank published candidates.
+
+    Score ties keep the run's order (a file's rank column, see `read_run`)."""
 
     def __init__(self, run: Mapping[str, Mapping[str, float]], corpus: Mapping[str, Document], k: int | None = None,
                  name: str = "run") -> None:
-        _positive("k", k, allow_none=True)
+        check_positive("k", k, optional=True)
         self.run, self.corpus, self.k, self.name = run, corpus, k, name
 
     def __repr__(self) -> str:
@@ -128,14 +132,14 @@ class FromRun(Stage):
         for query, given in zip(queries, candidate_lists, strict=True):
             if query.id is None:
                 raise ValueError(f"FromRun needs query ids; query {query.text!r} has none")
-            ranking = sorted(self.run.get(query.id, {}).items(), key=lambda item: (-item[1], item[0]))[: self.k]
+            scores = self.run.get(query.id, {})
             candidates = list(given)
-            for doc_id, score in ranking:
+            for doc_id in ranked(scores)[: self.k]:
                 document = self.corpus.get(doc_id)
                 if document is None:
                     raise KeyError(f"run for query {query.id} names document {doc_id!r}, which is not in the corpus")
-                candidates.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
-                                            float(score)))
+                candidates.append(Candidate(id=doc_id, doc_id=doc_id, text=document.text, title=document.title,
+                                            metadata=document.metadata, score=float(scores[doc_id])))
             out.append(ordered(candidates, self.name))
         return out
 
@@ -146,8 +150,8 @@ def candidates_from_documents(documents: Sequence[Any]) -> list[Candidate]:
     for i, value in enumerate(documents):
         document = Document.coerce(value, i)
         doc_id = document.id if document.id is not None else str(i)
-        out.append(Candidate(doc_id, doc_id, document.text, document.title, document.metadata,
-                             float(len(documents) - i)))
+        out.append(Candidate(id=doc_id, doc_id=doc_id, text=document.text, title=document.title,
+                             metadata=document.metadata, score=float(len(documents) - i)))
     return out
 
 
@@ -186,7 +190,7 @@ class Fuse(Stage):
 
 
 class Rerank(Stage):
-    """Cross-encoder over the top k of each list; all queries' pairs go through the model in one batched call.
+    """A pair scorer (a cross-encoder) over the top k of each list; all queries' pairs go through it in one call.
 
     Records the logit as "rerank" (with the cross-encoder's own rank) and the calibrated probability as
     "rerank_probability". With a first-stage weight w the list is ordered by (1 − w)·z(logit) + w·z(incoming
@@ -197,9 +201,9 @@ class Rerank(Stage):
     dropped.
     """
 
-    def __init__(self, model: CrossEncoder, k: int = 100, name: str = "rerank",
+    def __init__(self, model: PairScorer, k: int = 100, name: str = "rerank",
                  first_stage_weight: float | Literal["model"] | None = "model") -> None:
-        _positive("k", k)
+        check_positive("k", k)
         self.model, self.k, self.name = model, k, name
         if first_stage_weight == "model":
             interpolation = getattr(model, "interpolation", None)  # scorers such as the bi-encoder ship none
@@ -249,7 +253,7 @@ class Cut(Stage):
     """Keep the first k candidates of each list."""
 
     def __init__(self, k: int, name: str = "cut") -> None:
-        _positive("k", k)
+        check_positive("k", k)
         self.k, self.name = k, name
 
     def __repr__(self) -> str:

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def best_first(items: Iterable[T], score: Callable[[T], float]) -> list[T]:
+    """The one ranking order in crossrank: higher score first, ties kept in the order they arrive.
+
+    A tie is decided once, where a ranking starts (a run file's rank column, a retriever's hits by id, the caller's
+    list), and every later stage, the evaluation and training inherit that decision. RRF and constant-score runs
+    tie often; a second rule anywhere would make `crossrank eval` rerank a different top k than `crossrank search`.
+    """
+    return sorted(items, key=lambda item: -score(item))
+
+
+def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
+    """Refuse anything but a positive int (None too when `optional`), naming the argument: `True` and 2.0 are not
+    counts, and a k of 0 would silently return nothing."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be 1 or more{' (or None for no limit)' if optional else ''}, got {value!r}")
 
 
 def json_kind(value: Any) -> str:
@@ -129,8 +150,8 @@ class Candidate:
     def with_signal(self, name: str, score: float, rank: int | None = None, *, order: bool = True) -> Candidate:
         """A copy with `name`'s score (and rank) recorded; `order=True` also makes it the ordering score."""
         ranks = dict(self.ranks) if rank is None else {**self.ranks, name: rank}
-        return Candidate(self.id, self.doc_id, self.text, self.title, self.metadata,
-                         float(score) if order else self.score, {**self.scores, name: float(score)}, ranks)
+        return replace(self, score=float(score) if order else self.score, scores={**self.scores, name: float(score)},
+                       ranks=ranks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "doc_id": self.doc_id, "title": self.title, "text": self.text,

@@ -100,6 +100,7 @@ def test_http_delete_during_a_running_write_stays_deleted(tmp_path, tiny_model_d
         assert client.delete("/indexes/conc/documents/race0").status_code == 404
 
 
+@pytest.mark.slow
 def test_interleaved_streams_from_threads_end_in_the_acknowledged_state(tmp_path, tiny_index_config):
     """Four writer threads (each its own ids, acknowledging after commit like the server) and a fifth thread that
     commits whenever it likes: the final contents equal each thread's last acknowledged operation per id."""
@@ -232,6 +233,7 @@ class WriterMachine(RuleBasedStateMachine):
             self.index.close()
 
 
+@pytest.mark.slow
 def test_state_machine_of_adds_deletes_commits_and_reopens(tiny_index_config):
     WriterMachine.config = replace(tiny_index_config, dense=False)
     run_state_machine_as_test(WriterMachine, settings=settings(max_examples=40, stateful_step_count=25, deadline=None,

@@ -57,7 +57,7 @@ def evaluate(
     int8: Int8Option = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
-    from crossrank.evaluate.datasets import BeirDataset
+    from crossrank.datasets import BeirDataset
     from crossrank.evaluate.experiment import ExperimentConfig
     from crossrank.evaluate.report import markdown_summary, render_html
     from crossrank.evaluate.runner import EvaluationError, run_evaluation

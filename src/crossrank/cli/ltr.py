@@ -81,7 +81,7 @@ def features(
                                                    "several queries of a call is embedded once).")] = 16,
 ) -> None:
     """Run the pipeline over a judged split and log (query, candidate) features with their judgments."""
-    from crossrank.evaluate.datasets import parse_dataset_spec
+    from crossrank.datasets import parse_dataset_spec
     from crossrank.ltr.experiment import feature_pipeline, first_stage_run, log_features, pipeline_feature_set
     from crossrank.model.checkpoint import CheckpointError
     from crossrank.model.cross_encoder import CrossEncoder
@@ -169,7 +169,7 @@ def train(
 def _evaluate(model, test, qrels_spec: str | None, label: str, json_out: Path | None,
               extra: dict | None = None) -> None:
     """Every logged signal and the model on the test log, against the dataset's full judgments."""
-    from crossrank.evaluate.datasets import parse_dataset_spec
+    from crossrank.datasets import parse_dataset_spec
     from crossrank.ltr.experiment import evaluate, signal_scores
 
     try:

@@ -1,1 +1,1 @@
-"""Evaluation: judged datasets (BEIR/TREC) in and out, metrics, experiments, depth curves, reports."""
+"""Evaluation: metrics, experiments, depth curves, reports."""

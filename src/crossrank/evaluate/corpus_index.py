@@ -9,7 +9,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from crossrank.evaluate.datasets import BeirDataset
+from crossrank.datasets import BeirDataset
 from crossrank.model.checkpoint import cache_dir
 from crossrank.store.index import Index, IndexConfig
 

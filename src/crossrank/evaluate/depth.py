@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from crossrank.evaluate.datasets import ranked
-from crossrank.evaluate.metrics import Qrels, Run, evaluate_run
+from crossrank.datasets import Qrels, Run, ranked
+from crossrank.evaluate.metrics import evaluate_run
 
 if TYPE_CHECKING:
     from crossrank.model.interpolation import FirstStageInterpolation

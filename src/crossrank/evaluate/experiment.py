@@ -22,28 +22,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Run, ranked, write_run
+from crossrank.datasets import BeirDataset, Run, ranked, write_run
 from crossrank.evaluate.depth import DEFAULT_DEPTHS, DepthPoint, depth_curve, rerank_at_depth, usable_depths
 from crossrank.evaluate.failures import FailureReport, analyse
 from crossrank.evaluate.metrics import DEFAULT_MEASURES, aggregate, parse_measures, per_query, relevance_threshold
 from crossrank.evaluate.significance import PairedTest, compare_all, confidence_interval
 from crossrank.evaluate.systems import SystemSpec, scorer_of, shipped_interpolation
-from crossrank.model.cross_encoder import PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
-from crossrank.pipeline import Pipeline, Rerank, Stage, ordering_signal
-from crossrank.types import Candidate, Document, Query
-
-
-class PairScorer(Protocol):
-    """What the Rerank stage calls: a CrossEncoder, or the bi-encoder's CosineScorer."""
-
-    name: str
-
-    def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores: ...
+from crossrank.pipeline import Collapse, PairScorer, Pipeline, Rerank, Stage, ordering_signal
+from crossrank.types import Candidate, Query
 
 
 @dataclass(frozen=True)
@@ -143,20 +134,17 @@ def safe_name(name: str) -> str:
 @dataclass
 class FirstStageOutput:
     candidates: dict[str, list[Candidate]]  # query id → candidates, first-stage order
-    run: Run  # candidate id → score
+    run: Run  # candidate id → score, in that order (so `ranked` keeps its ties)
     ms_per_query: float
 
 
 def _doc_run(run: Run, candidates: Mapping[str, Sequence[Candidate]]) -> Run:
-    """Passage-level run → document-level run (a document scores as its best passage)."""
+    """Passage-level run → document-level run through the Collapse stage: a document scores as its best passage."""
     out: Run = {}
     for qid, scores in run.items():
-        doc_of = {c.id: c.doc_id for c in candidates.get(qid, ())}
-        best: dict[str, float] = {}
-        for cid, score in scores.items():
-            doc = doc_of.get(cid, cid)
-            best[doc] = max(score, best.get(doc, float("-inf")))
-        out[qid] = best
+        by_id = {c.id: c for c in candidates.get(qid, ())}
+        passages = [by_id[cid].with_signal("run", scores[cid]) for cid in ranked(scores)]
+        out[qid] = {c.doc_id: c.score for c in Collapse()("", passages)}
     return out
 
 
@@ -221,11 +209,8 @@ class Experiment:
             return cached[1]
         first = self.first_stage(first_name)
         stage = Rerank(self.scorers[scorer], k=depth, name=scorer, first_stage_weight=None)
-        queries, lists = [], []
-        for query in self.queries:
-            by_id = {c.id: c for c in first.candidates.get(query.id, [])}
-            queries.append(query)
-            lists.append([by_id[cid] for cid in ranked(first.run.get(query.id, {}))[:depth]])
+        queries = self.queries
+        lists = [first.candidates.get(query.id, [])[:depth] for query in queries]  # the first stage's own order
         scores: Run = {}
         step = self.config.query_batch
         with tqdm(total=sum(map(len, lists)), unit="pair", desc=f"rerank {scorer}@{depth}",

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from crossrank.evaluate.datasets import ranked
-from crossrank.evaluate.metrics import Qrels, Run, relevance_threshold
+from crossrank.datasets import Qrels, Run, ranked
+from crossrank.evaluate.metrics import relevance_threshold
 from crossrank.types import Document
 
 SNIPPET_CHARS = 160

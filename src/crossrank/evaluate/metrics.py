@@ -9,7 +9,8 @@ Measures are named as ir-measures parses them ("nDCG@10", "RR@10", "R@100", "AP"
 by the caller's own names. Binary measures (RR, AP, R, P, Success) count a document relevant when its grade is
 ≥ `rel`; nDCG uses the graded gains. `rel=None` picks the set's convention: 2 on the 0–3 TREC DL scale, else 1.
 Every judged query is scored: a query the run has no answer for scores 0 (trec_eval -c), so a pipeline cannot
-look better by dropping hard queries.
+look better by dropping hard queries. A run is scored in crossrank's own order (`crossrank.datasets.ranked`: score
+ties in the run's order, e.g. a file's rank column), the order search and rerank show.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
 
-Qrels = Mapping[str, Mapping[str, int]]
-Run = Mapping[str, Mapping[str, float]]
+from crossrank.datasets import Qrels, Run, ranked
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP")
 BINARY_MEASURES = frozenset({"RR", "AP", "R", "P", "Success"})
@@ -66,7 +66,9 @@ def per_query(qrels: Qrels, run: Run, measures: Sequence[str] = ("nDCG@10",),
     for name, measure in parsed.items():
         names_of.setdefault(measure, []).append(name)
     values: dict[str, dict[str, float]] = {name: dict.fromkeys(qrels, 0.0) for name in parsed}
-    judged_run = {qid: dict(scores) for qid, scores in run.items() if qid in qrels and scores}
+    # By rank, not score: ir-measures (trec_eval) would break score ties by doc id descending, not as we rank.
+    judged_run = {qid: {doc: -float(rank) for rank, doc in enumerate(ranked(scores))}
+                  for qid, scores in run.items() if qid in qrels and scores}
     if judged_run:
         for metric in ir_measures.iter_calc(list(parsed.values()), qrels, judged_run):
             if metric.query_id in qrels:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from crossrank.evaluate.datasets import BeirDataset, read_run
-from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult, PairScorer
+from crossrank.datasets import BeirDataset, read_run
+from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult
 from crossrank.evaluate.systems import (
     CosineScorer,
     SystemSpec,
@@ -17,7 +17,7 @@ from crossrank.evaluate.systems import (
     shipped_interpolation,
 )
 from crossrank.model.checkpoint import CheckpointError
-from crossrank.pipeline import FromRun, Fuse, Pipeline, Retrieve, Stage
+from crossrank.pipeline import FromRun, Fuse, PairScorer, Pipeline, Retrieve, Stage
 
 FIRST_STAGE_K = 1000
 

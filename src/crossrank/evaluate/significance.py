@@ -41,11 +41,13 @@ def paired_arrays(system: Mapping[str, float], baseline: Mapping[str, float]) ->
 
 
 def t_test(differences: np.ndarray) -> float:
-    """Two-sided paired t-test p-value; 1.0 when the differences are all equal to zero (nothing to test)."""
+    """Two-sided paired t-test p-value; 1.0 when the differences are all zero (nothing to test), NaN when they
+    are one non-zero constant: with no variance t is undefined, not infinitely significant (a shift seen on two
+    queries proves nothing). The randomisation test still answers for that case."""
     if len(differences) < 2 or not np.any(np.abs(differences) > TIE_TOLERANCE):
         return 1.0
     if np.allclose(differences, differences[0]):
-        return 0.0  # a constant non-zero shift: zero variance, certain direction
+        return math.nan
     return float(stats.ttest_1samp(differences, 0.0).pvalue)
 
 
@@ -68,14 +70,16 @@ def randomisation_test(differences: np.ndarray, permutations: int = 10_000, seed
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone), in the input order."""
+    """Holm–Bonferroni adjusted p-values (step-down, monotone), in the input order. An undefined (NaN) p-value
+    stays NaN and counts in the family as a hypothesis never rejected (ordered last)."""
     m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
+    order = sorted(range(m), key=lambda i: (math.isnan(p_values[i]), p_values[i]))
+    adjusted = [math.nan] * m
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
+        if not math.isnan(p_values[i]):
+            running = max(running, min(1.0, (m - rank) * p_values[i]))
+            adjusted[i] = running
     return adjusted
 
 
@@ -117,5 +121,5 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     mean, sem = float(array.mean()), float(stats.sem(array))
     if sem == 0.0:
         return mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(array) - 1)) * sem
-    return mean - half, mean + half
+    low, high = stats.t.interval(level, len(array) - 1, loc=mean, scale=sem)
+    return float(low), float(high)

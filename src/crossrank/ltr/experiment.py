@@ -4,16 +4,14 @@ through the evaluation module's metrics. The feature log is the cache: the cross
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Run, read_run
+from crossrank.datasets import BeirDataset, Run, ranked, read_run
 from crossrank.evaluate.metrics import aggregate, per_query
 from crossrank.ltr.clicks import Impression
 from crossrank.ltr.featurelog import FeatureTable
@@ -21,29 +19,17 @@ from crossrank.ltr.features import FeatureSet, default_feature_set
 from crossrank.ltr.lambdamart import LambdaMART, cross_validate_lambdamart, split_queries, train_lambdamart
 from crossrank.ltr.propensity import PositionBias, click_labels, estimate_position_bias, grade_labels
 from crossrank.ltr.simulator import ClickModel, ClickSimulator
-from crossrank.pipeline import FromRun, Fuse, Pipeline, Rerank, Stage
+from crossrank.pipeline import FromRun, Fuse, PairScorer, Pipeline, Rerank, Stage
+from crossrank.retrieve.bm25 import CorpusBM25
 from crossrank.types import Query
-
-if TYPE_CHECKING:
-    from crossrank.evaluate.experiment import PairScorer
-
-
-def bm25_run(dataset: BeirDataset, k: int = 100) -> Run:
-    """Full-corpus BM25 top-k for the split's queries (a throwaway index; for sets that ship no run)."""
-    from crossrank.retrieve.bm25 import BM25Index
-
-    ids = list(dataset.corpus)
-    with tempfile.TemporaryDirectory(prefix="crossrank-bm25-") as tmp:
-        index = BM25Index(Path(tmp))
-        index.apply([(row, dataset.corpus[d].title, dataset.corpus[d].text) for row, d in enumerate(ids)], [], 1)
-        return {qid: {ids[row]: score for row, score in index.search(text, k)}
-                for qid, text in dataset.queries.items()}
 
 
 def first_stage_run(dataset: BeirDataset, run: str | None, k: int) -> Run:
     """A shipped run by name ("bm25-top100"), a TREC run file, or full-corpus BM25 when None."""
-    if run is None:
-        return bm25_run(dataset, k)
+    if run is None:  # full-corpus BM25 over title and text, for sets that ship no run
+        corpus = dataset.corpus
+        return CorpusBM25([d.text for d in corpus.values()], list(corpus), [d.title for d in corpus.values()]).run(
+            dataset.queries, k)
     return read_run(Path(run)) if Path(run).is_file() else dataset.run(run)
 
 
@@ -117,9 +103,7 @@ def simulate_clicks(table: FeatureTable, qrels: Mapping[str, Mapping[str, int]],
                     seed: int = 0) -> list[Impression]:
     """Click logs for the table's queries, shown in the order of one logged signal (the production ranker)."""
     scores = signal_scores(table, logging_signal)
-    rankings: dict[str, list[str]] = {}
-    for qid, docs in table.run(scores).items():
-        rankings[qid] = sorted(docs, key=lambda d: (-docs[d], d))
+    rankings = {qid: ranked(docs) for qid, docs in table.run(scores).items()}
     simulator = ClickSimulator(model, qrels, depth=depth, swap_prob=swap_prob, seed=seed)
     return list(simulator.simulate(rankings, sessions_per_query))
 

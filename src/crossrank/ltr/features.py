@@ -4,6 +4,7 @@ and versioned and travels with the model, so a model is never fed columns in ano
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -20,8 +21,17 @@ from crossrank.types import Candidate
 _TOKEN = re.compile(r"\w+")
 
 
-def _terms(text: str) -> set[str]:
-    return set(_TOKEN.findall(text.lower()))
+@functools.cache
+def _analyzer(stemming: bool) -> Any:
+    from crossrank.retrieve.bm25 import analyzer
+
+    return analyzer(stemming)
+
+
+def _terms(text: str, stemming: bool) -> set[str]:
+    """Terms as the index's BM25 analyser makes them (lower-cased, English stop words out, optionally stemmed), so
+    "ranks" covers "ranking" and "the" covers nothing, as in retrieval."""
+    return set(_analyzer(stemming).analyze(text))
 
 
 def _timestamp(value: Any) -> float | None:
@@ -99,25 +109,29 @@ class DocLength(Feature):
 
 @dataclass(frozen=True)
 class TitleMatch(Feature):
-    """Share of the query's distinct terms found in the title (0 when there is no title)."""
+    """Share of the query's distinct terms found in the title (0 when there is no title). `stemming`: as the
+    index analyses text (`IndexConfig.stemming`); required, so a model saved before terms were analysed is refused."""
 
     kind: ClassVar[str] = "title_match"
+    stemming: bool
 
     def values(self, query: str, candidates: Sequence[Candidate]) -> np.ndarray:
-        terms = _terms(query)
-        return np.array([len(terms & _terms(c.title)) / max(len(terms), 1) for c in candidates], dtype=np.float64)
+        terms = _terms(query, self.stemming)
+        return np.array([len(terms & _terms(c.title, self.stemming)) / max(len(terms), 1) for c in candidates],
+                        dtype=np.float64)
 
 
 @dataclass(frozen=True)
 class QueryCoverage(Feature):
-    """Share of the query's distinct terms found anywhere in the passage."""
+    """Share of the query's distinct terms found anywhere in the passage (terms and `stemming` as TitleMatch)."""
 
     kind: ClassVar[str] = "query_coverage"
+    stemming: bool
 
     def values(self, query: str, candidates: Sequence[Candidate]) -> np.ndarray:
-        terms = _terms(query)
-        return np.array([len(terms & _terms(c.document.content)) / max(len(terms), 1) for c in candidates],
-                        dtype=np.float64)
+        terms = _terms(query, self.stemming)
+        return np.array([len(terms & _terms(c.document.content, self.stemming)) / max(len(terms), 1)
+                         for c in candidates], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -239,5 +253,5 @@ def default_feature_set(signals: Sequence[str] = ("bm25", "dense", "fusion", "re
     features: list[Feature] = []
     for signal in signals:
         features += [StageScore(signal), StageRank(signal)]
-    features += [DocLength(), TitleMatch(), QueryCoverage()]
-    return FeatureSet("crossrank-" + "+".join(signals), 1, tuple(features))
+    features += [DocLength(), TitleMatch(stemming=True), QueryCoverage(stemming=True)]
+    return FeatureSet("crossrank-" + "+".join(signals), 2, tuple(features))  # v2: terms by the index's analyser

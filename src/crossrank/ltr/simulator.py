@@ -11,9 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from crossrank.datasets import Qrels
 from crossrank.ltr.clicks import Impression
-
-Qrels = Mapping[str, Mapping[str, int]]
 
 
 def graded_click_probs(max_grade: int, noise: float = 0.1) -> tuple[float, ...]:

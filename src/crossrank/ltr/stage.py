@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from crossrank.ltr.lambdamart import LambdaMART
 from crossrank.pipeline import Stage, ordered
-from crossrank.types import Candidate, Query
+from crossrank.types import Candidate, Query, check_positive
 
 
 class LTR(Stage):
@@ -15,8 +15,7 @@ class LTR(Stage):
     Candidates below k are dropped, as `Rerank` does."""
 
     def __init__(self, model: LambdaMART, k: int | None = None, name: str = "ltr") -> None:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive integer or None, got {k!r}")
+        check_positive("k", k, optional=True)
         self.model, self.k, self.name = model, k, name
 
     def __repr__(self) -> str:

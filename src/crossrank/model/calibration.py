@@ -39,7 +39,7 @@ class Calibrator:
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, method: Method = "platt") -> Calibrator:
         """Fit on dev (logit, binary label) pairs. Platt uses Newton steps on the log-loss (with Platt's
-        target smoothing); isotonic uses pool-adjacent-violators."""
+        target smoothing); isotonic is scipy's pool-adjacent-violators."""
         logits = np.asarray(logits, dtype=np.float64)
         labels = (np.asarray(labels) > 0).astype(np.float64)
         if logits.shape != labels.shape or logits.ndim != 1 or len(logits) < 2:
@@ -81,20 +81,16 @@ class Calibrator:
 
     @classmethod
     def _fit_isotonic(cls, logits: np.ndarray, labels: np.ndarray) -> Calibrator:
+        """scipy's pool-adjacent-violators; each block becomes two knots (its lowest and highest logit)."""
+        from scipy.optimize import isotonic_regression
+
         order = np.argsort(logits, kind="stable")
-        xs, ys = logits[order], labels[order]
-        blocks: list[list[float]] = []  # [sum, count, x_min, x_max]
-        for x, y in zip(xs, ys, strict=True):
-            blocks.append([y, 1.0, x, x])
-            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-                s, c, _, hi = blocks.pop()
-                blocks[-1][0] += s
-                blocks[-1][1] += c
-                blocks[-1][3] = hi
+        xs = logits[order]
+        fit = isotonic_regression(labels[order])
         knots_x, knots_y = [], []
-        for s, c, lo, hi in blocks:
-            knots_x += [lo, hi]
-            knots_y += [s / c, s / c]
+        for start, stop in zip(fit.blocks[:-1], fit.blocks[1:], strict=True):
+            knots_x += [float(xs[start]), float(xs[stop - 1])]
+            knots_y += [float(fit.x[start])] * 2
         return cls(method="isotonic", x=tuple(knots_x), y=tuple(knots_y))
 
     def save(self, model_dir: Path) -> Path:

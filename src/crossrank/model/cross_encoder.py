@@ -22,7 +22,7 @@ from crossrank.model.calibration import Calibrator
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
-from crossrank.types import Document, RankResult
+from crossrank.types import Document, RankResult, check_positive
 
 Aggregate = Literal["max", "first", "mean"]
 AGGREGATES = ("max", "first", "mean")
@@ -30,11 +30,28 @@ AGGREGATES = ("max", "first", "mean")
 
 @dataclass(frozen=True)
 class PairScores:
-    """Per-pair results: aggregated logit, probability, and how many windows the document needed."""
+    """Per-pair results: aggregated logit, probability, how many windows the document needed and, where the scorer
+    counts them (the server, for billing and limits), the input tokens the pair consumed."""
 
     logits: np.ndarray
     probabilities: np.ndarray
     windows: np.ndarray
+    tokens: np.ndarray | None = None
+
+    def slice(self, start: int, stop: int) -> PairScores:
+        span = slice(start, stop)
+        return PairScores(self.logits[span], self.probabilities[span], self.windows[span],
+                          None if self.tokens is None else self.tokens[span])
+
+    @staticmethod
+    def concat(parts: Sequence[PairScores]) -> PairScores:
+        """Slices of one request's pairs, scored separately, back in order."""
+        if not parts:
+            empty = np.zeros(0, dtype=np.float32)
+            return PairScores(empty, empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        tokens = None if any(p.tokens is None for p in parts) else np.concatenate([p.tokens for p in parts])
+        return PairScores(*(np.concatenate([getattr(p, name) for p in parts])
+                            for name in ("logits", "probabilities", "windows")), tokens)
 
 
 def validate_query(query: Any) -> str:
@@ -43,11 +60,6 @@ def validate_query(query: Any) -> str:
     if not query.strip():
         raise ValueError("query is empty or only whitespace")
     return query
-
-
-def validate_top_k(top_k: int | None) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be 1 or more (or None to keep every document), got {top_k!r}")
 
 
 def default_max_length(checkpoint: Checkpoint) -> int:
@@ -102,9 +114,9 @@ class CrossEncoder:
         """Load a local checkpoint directory (None or "default": the bundled crossrank model), with the
         calibration and first-stage weight it ships (calibration.json, fusion.json) when present.
 
-        `batch_tokens` bounds rows × padded length per forward pass: 2048 keeps padding near 11 % of the tokens
-        of MS MARCO-length pairs (16384 wasted ~45 %) and measured 1.17× faster on 2 cores. `threads` sets ONNX
-        Runtime's intra-op threads (for torch it sets torch's process-wide thread count).
+        `batch_tokens` bounds rows × padded length per forward pass: small batches pad less and stay in cache
+        (the README's "Reranking speed" table measures 2048 against 16384). `threads` sets ONNX Runtime's
+        intra-op threads (for torch it sets torch's process-wide thread count).
         """
         checkpoint = Checkpoint.open(path)
         if checkpoint.num_labels not in (1, 2):
@@ -187,7 +199,7 @@ class CrossEncoder:
     def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[Any]], top_k: int | None = None,
                   return_documents: bool = True, *, show_progress_bar: bool = False) -> list[list[RankResult]]:
         """Rank several candidate lists in one pass, batching pairs across queries."""
-        validate_top_k(top_k)
+        check_positive("top_k", top_k, optional=True)
         if len(queries) != len(candidate_lists):
             raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
         queries = [validate_query(query) for query in queries]

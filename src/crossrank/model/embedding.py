@@ -31,11 +31,12 @@ class BiEncoder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None, *, backend: BackendName = "onnx",
                         quantize: Literal["int8"] | None = None, max_length: int = 256,
-                        batch_tokens: int = 2048, threads: int | None = None) -> BiEncoder:
-        """Load a checkpoint (None: the bundled all-MiniLM-L6-v2). max_length 256 is what it was trained at."""
+                        batch_tokens: int = 2048, threads: int | None = None, device: str = "cpu") -> BiEncoder:
+        """Load a checkpoint (None: the bundled all-MiniLM-L6-v2). max_length 256 is what it was trained at;
+        `device` (torch backend) is where it runs, e.g. "cuda" for a training job's teacher."""
         checkpoint = Checkpoint.open(bi_encoder_path() if path is None else path)
         tokenizer, pad_id = load_tokenizer(checkpoint.path)
-        return cls(checkpoint, load_backend(checkpoint, "embedding", backend, quantize, threads),
+        return cls(checkpoint, load_backend(checkpoint, "embedding", backend, quantize, threads, device),
                    TextEncoder(tokenizer, min(max_length, checkpoint.max_position_embeddings)), pad_id, batch_tokens)
 
     @property

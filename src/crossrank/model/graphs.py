@@ -66,6 +66,6 @@ def build_graph(checkpoint: Checkpoint, head: Head) -> nn.Module:
 
 
 @torch.inference_mode()
-def run_graph(graph: nn.Module, batch: dict) -> torch.Tensor:
-    tensors = {name: torch.from_numpy(batch[name]) for name in input_names(graph)}
+def run_graph(graph: nn.Module, batch: dict, device: torch.device | None = None) -> torch.Tensor:
+    tensors = {name: torch.from_numpy(batch[name]).to(device) for name in input_names(graph)}
     return graph(**tensors)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import tantivy
 
 GENERATION_FILE = "generation.json"
@@ -97,6 +99,39 @@ class BM25Index:
 
     def __len__(self) -> int:
         return int(self.index.searcher().num_docs)
+
+
+class CorpusBM25:
+    """BM25 over texts held in memory (a throwaway BM25Index in a temporary directory): mining negatives, teacher
+    and first-stage scores, and a run for judged sets that ship none — with no index directory to manage."""
+
+    def __init__(self, texts: Sequence[str], ids: Sequence[str] | None = None,
+                 titles: Sequence[str] | None = None) -> None:
+        if not texts:
+            raise ValueError("cannot index an empty corpus")
+        self.texts = list(texts)
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+        titles = list(titles) if titles is not None else [""] * len(self.texts)
+        self._directory = tempfile.TemporaryDirectory(prefix="crossrank-bm25-")
+        self.index = BM25Index(Path(self._directory.name))
+        self.index.apply([(row, title, text) for row, (title, text) in enumerate(zip(titles, self.texts, strict=True))],
+                         [], generation=1)
+
+    def search(self, queries: Sequence[str], k: int) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Per query, the rows and scores of its top k matching texts (fewer when fewer match)."""
+        hits = [self.index.search(query, k) for query in queries]
+        return [[row for row, _ in h] for h in hits], [np.array([s for _, s in h], dtype=np.float32) for h in hits]
+
+    def score(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """BM25 scores of the given rows (0 for rows the query does not match)."""
+        scores = dict(self.index.search(query, len(self.texts)))
+        return np.array([scores.get(int(row), 0.0) for row in rows], dtype=np.float32)
+
+    def run(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
+        """query id → top-k id → score, ties by id (as `Retrieve` orders them)."""
+        return {qid: {self.ids[row]: score for row, score in sorted(self.index.search(text, k),
+                                                                       key=lambda hit: (-hit[1], self.ids[hit[0]]))}
+                for qid, text in queries.items()}
 
 
 def _write_json_atomically(file: Path, value: object) -> None:

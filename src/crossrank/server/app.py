@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -48,10 +49,11 @@ from crossrank.server.schemas import (
     Usage,
     document_out,
 )
-from crossrank.server.scoring import EncoderScorer, PairScorer
+from crossrank.server.scoring import BatchScorer, EncoderScorer
 
 log = logging.getLogger("crossrank.server")
 
+DOCUMENTS_PER_SEARCH_UNIT, TOKENS_PER_BILLED_DOCUMENT = 100, 500  # Cohere's billing unit (search_units)
 ERROR_MEANINGS = {
     400: "The body is not valid JSON.",
     401: "Missing or wrong API key.",
@@ -80,7 +82,7 @@ def load_scorer(config: ServerConfig) -> EncoderScorer:
         threads=config.threads, batch_tokens=config.engine_batch_tokens))
 
 
-def create_app(config: ServerConfig, scorer: PairScorer | None = None) -> FastAPI:
+def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
@@ -206,6 +208,13 @@ async def check_request_tokens(app: FastAPI, query: str, texts: list[str], cap: 
                                  "max_tokens_per_doc / max_chunks_per_doc to truncate long documents")
 
 
+def search_units(pair_tokens: np.ndarray) -> int:
+    """Cohere's billing rule: one search unit is one query with up to 100 documents, and a document longer than
+    500 tokens, counted with its query, is split into chunks of 500 that each count as a document."""
+    chunks = int(np.sum(np.ceil(np.asarray(pair_tokens, dtype=np.float64) / TOKENS_PER_BILLED_DOCUMENT)))
+    return math.ceil(max(chunks, 1) / DOCUMENTS_PER_SEARCH_UNIT)
+
+
 async def rerank(request: Request, body: RerankRequest, *, api_version: str, with_usage: bool) -> RerankResponse:
     app = request.app
     config: ServerConfig = app.state.config
@@ -231,7 +240,8 @@ async def rerank(request: Request, body: RerankRequest, *, api_version: str, wit
     tokens = int(scored.tokens.sum())
     return RerankResponse(
         id=str(uuid.uuid4()), model=model_name(app), results=results,
-        meta=Meta(api_version=ApiVersion(version=api_version), billed_units=BilledUnits(search_units=1),
+        meta=Meta(api_version=ApiVersion(version=api_version),
+                  billed_units=BilledUnits(search_units=search_units(scored.tokens)),
                   tokens=Tokens(input_tokens=tokens)),
         usage=Usage(total_tokens=tokens, prompt_tokens=tokens) if with_usage else None,
     )

@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from crossrank.model.cross_encoder import PairScores
 from crossrank.server.metrics import Metrics
-from crossrank.server.scoring import PairScorer, ScoredPairs, concat_scored
+from crossrank.server.scoring import BatchScorer
 
 log = logging.getLogger("crossrank.server")
 
@@ -64,7 +65,7 @@ class _Pending:
     texts: list[str]
     caps: list[int | None]
     costs: list[int]
-    future: asyncio.Future[ScoredPairs] = field(repr=False)
+    future: asyncio.Future[PairScores] = field(repr=False)
     abandoned: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -73,9 +74,9 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Collects concurrent requests into batches for a `PairScorer` running on `workers` threads."""
+    """Collects concurrent requests into batches for a `BatchScorer` running on `workers` threads."""
 
-    def __init__(self, scorer: PairScorer, *, batch_tokens: int = 32768, max_wait_ms: float = 2.0,
+    def __init__(self, scorer: BatchScorer, *, batch_tokens: int = 32768, max_wait_ms: float = 2.0,
                  max_queue_pairs: int = 20000, request_timeout_s: float = 60.0, workers: int = 1,
                  slice_tokens: int = 8192, metrics: Metrics | None = None) -> None:
         self.scorer = scorer
@@ -123,18 +124,18 @@ class MicroBatcher:
             asyncio.get_running_loop().call_later(max(0.0, seconds), self._drained.set)
 
     async def submit(self, queries: Sequence[str], texts: Sequence[str], caps: Sequence[int | None],
-                     disconnected: Callable[[], Awaitable[bool]] | None = None) -> ScoredPairs:
+                     disconnected: Callable[[], Awaitable[bool]] | None = None) -> PairScores:
         """Score aligned pairs together with whatever else is queued; raise Overloaded, RequestTimedOut or
         ClientDisconnected instead of waiting forever."""
         if self._queue is None or self._closing:
             raise Overloaded("the server is not accepting work (starting or draining)", retry_after=1)
         if not texts:
-            return concat_scored([])
+            return PairScores.concat([])
         if self.queued_pairs + len(texts) > self.max_queue_pairs:
             raise Overloaded(f"queue full ({self.queued_pairs} pairs waiting, limit {self.max_queue_pairs})",
                              retry_after=max(1, math.ceil(self.queued_pairs / 1000)))
         costs = [estimate_tokens(q, t, c) for q, t, c in zip(queries, texts, caps, strict=True)]
-        future: asyncio.Future[ScoredPairs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PairScores] = asyncio.get_running_loop().create_future()
         pending = _Pending(list(queries), list(texts), list(caps), costs, future)
         self.queued_pairs += len(texts)
         self._gauge()
@@ -217,10 +218,10 @@ class MicroBatcher:
             else:
                 item.future.set_result(outcome)
 
-    def _score(self, batch: list[_Pending]) -> list[ScoredPairs | BaseException]:
+    def _score(self, batch: list[_Pending]) -> list[PairScores | BaseException]:
         """Score the batch slice by slice; a failing slice is retried request by request so only the culprit
         fails; abandoned requests lose their remaining slices."""
-        parts: dict[int, list[ScoredPairs]] = {id(item): [] for item in batch}
+        parts: dict[int, list[PairScores]] = {id(item): [] for item in batch}
         failed: dict[int, BaseException] = {}
         for chunks in self._slices(batch):
             chunks = [c for c in chunks if id(c[0]) not in failed and not c[0].abandoned.is_set()]
@@ -245,7 +246,7 @@ class MicroBatcher:
             for item, start, stop in chunks:
                 parts[id(item)].append(scored.slice(offset, offset + stop - start))
                 offset += stop - start
-        outcomes: list[ScoredPairs | BaseException] = []
+        outcomes: list[PairScores | BaseException] = []
         for item in batch:
             if id(item) in failed:
                 error = ScoringFailed(type(failed[id(item)]).__name__)
@@ -254,7 +255,7 @@ class MicroBatcher:
             elif item.abandoned.is_set() and sum(len(p.logits) for p in parts[id(item)]) < len(item.texts):
                 outcomes.append(RequestTimedOut("abandoned before it was scored"))
             else:
-                outcomes.append(concat_scored(parts[id(item)]))
+                outcomes.append(PairScores.concat(parts[id(item)]))
         return outcomes
 
     def _slices(self, batch: list[_Pending]) -> list[list[tuple[_Pending, int, int]]]:
@@ -275,7 +276,7 @@ class MicroBatcher:
                 slices[-1].append((item, start, len(item.texts)))
         return [chunks for chunks in slices if chunks]
 
-    def _call(self, chunks: list[tuple[_Pending, int, int]]) -> ScoredPairs:
+    def _call(self, chunks: list[tuple[_Pending, int, int]]) -> PairScores:
         scored = self.scorer([q for item, a, b in chunks for q in item.queries[a:b]],
                              [t for item, a, b in chunks for t in item.texts[a:b]],
                              [c for item, a, b in chunks for c in item.caps[a:b]])

@@ -14,8 +14,8 @@ class ServerConfig:
     backend: str = "onnx"
     quantize: str | None = None
     threads: int | None = None
-    # The engine's own per-forward-pass token budget (the engine's default; on the 2-core box we measured, 2048
-    # scored 1.4x faster than 16384 — big batches spill cache and pad more).
+    # The engine's own per-forward-pass token budget (the engine's default; measured in the README's "Reranking
+    # speed" table).
     engine_batch_tokens: int = 2048
     # Micro-batching: estimated tokens per combined call, how long a batch waits to fill, queue bound, timeout.
     batch_tokens: int = 32768

@@ -62,8 +62,7 @@ class BatchedModel:
         texts = [document.content for document in documents]
         future = asyncio.run_coroutine_threadsafe(self.batcher.submit(list(queries), texts, [None] * len(texts)),
                                                   self.loop)
-        scored = future.result()
-        return PairScores(scored.logits, scored.probabilities, scored.windows)
+        return future.result()
 
 
 @dataclass(eq=False)
@@ -244,7 +243,7 @@ def index_router() -> APIRouter:
                 model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
                                      getattr(app.state.scorer, "interpolation", None))
                 weight = "model" if body.first_stage_weight is None else body.first_stage_weight
-                stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))  # type: ignore[arg-type]
+                stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))
             pipeline = Pipeline([*stages, Cut(body.k)])
             result = await blocking(pipeline.search, body.query, body.filter_dict())
         out = result.to_dict()

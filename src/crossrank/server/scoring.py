@@ -9,44 +9,21 @@ engine stays shared.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.cross_encoder import CrossEncoder, PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.types import Document
 
 
-@dataclass(frozen=True)
-class ScoredPairs:
-    """Aligned with the input pairs: calibrated probability, raw logit, input tokens the pair consumed, and
-    the windows its document needed."""
-
-    probabilities: np.ndarray
-    logits: np.ndarray
-    tokens: np.ndarray
-    windows: np.ndarray
-
-    def slice(self, start: int, stop: int) -> ScoredPairs:
-        span = slice(start, stop)
-        return ScoredPairs(self.probabilities[span], self.logits[span], self.tokens[span], self.windows[span])
-
-
-def concat_scored(parts: Sequence[ScoredPairs]) -> ScoredPairs:
-    """Slices of one request's pairs, scored separately, back in order."""
-    if not parts:
-        return ScoredPairs(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    return ScoredPairs(*(np.concatenate([getattr(p, name) for p in parts])
-                         for name in ("probabilities", "logits", "tokens", "windows")))
-
-
-class PairScorer(Protocol):
-    """What the batcher calls: aligned queries, document texts and optional token caps per document."""
+class BatchScorer(Protocol):
+    """What the micro-batcher calls: aligned queries, document texts and optional token caps per document; the
+    result counts the input tokens of every pair (`PairScores.tokens`)."""
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str],
-                 token_caps: Sequence[int | None]) -> ScoredPairs: ...
+                 token_caps: Sequence[int | None]) -> PairScores: ...
 
 
 class EncoderScorer:
@@ -67,11 +44,10 @@ class EncoderScorer:
         return self.encoder.interpolation
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str],
-                 token_caps: Sequence[int | None]) -> ScoredPairs:
+                 token_caps: Sequence[int | None]) -> PairScores:
         documents, tokens = self._truncate(queries, texts, token_caps)
         scores = self.encoder.score(list(queries), documents)
-        return ScoredPairs(scores.probabilities.astype(np.float64), scores.logits.astype(np.float64), tokens,
-                           scores.windows)
+        return PairScores(scores.logits, scores.probabilities, scores.windows, tokens)
 
     def count_tokens(self, queries: Sequence[str], texts: Sequence[str], token_caps: Sequence[int | None]) -> int:
         """Model tokens the pairs hold (query + document, after the caps): what a request's work is bounded by."""

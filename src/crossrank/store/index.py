@@ -600,7 +600,8 @@ class Index:
         for row, score in hits:
             if row in rows:  # a reader whose BM25 view is older than the database skips rows deleted since
                 pid, doc_id, title, text, metadata = rows[row]
-                out.append(Candidate(pid, doc_id, text, title, metadata, score, {name: score}, {name: len(out) + 1}))
+                out.append(Candidate(id=pid, doc_id=doc_id, text=text, title=title, metadata=metadata, score=score,
+                                     scores={name: score}, ranks={name: len(out) + 1}))
         return out
 
     def _rows(self, rows: list[int]) -> dict[int, tuple[Any, ...]]:
@@ -623,7 +624,8 @@ class Index:
         """A document's live passages in order (empty if the id is unknown)."""
         rows = self.db.execute("SELECT pid, doc_id, title, text, metadata FROM passages "
                                "WHERE doc_id = ? AND deleted IS NULL ORDER BY position", (doc_id,)).fetchall()
-        return [Candidate(pid, d, text, title, json.loads(m)) for pid, d, title, text, m in rows]
+        return [Candidate(id=pid, doc_id=d, text=text, title=title, metadata=json.loads(m))
+                for pid, d, title, text, m in rows]
 
     def sample_passages(self, n: int, seed: int = 0) -> list[Candidate]:
         """Up to n live passages drawn uniformly without replacement, in draw order: the same seed over the same
@@ -632,7 +634,7 @@ class Index:
             "SELECT row FROM passages WHERE deleted IS NULL ORDER BY row")), dtype=np.int64)
         chosen = rows[np.random.default_rng(seed).choice(len(rows), min(n, len(rows)), replace=False)].tolist()
         found = self._rows(chosen)
-        return [Candidate(pid, doc_id, text, title, metadata)
+        return [Candidate(id=pid, doc_id=doc_id, text=text, title=title, metadata=metadata)
                 for pid, doc_id, title, text, metadata in (found[row] for row in chosen if row in found)]
 
     def count(self) -> dict[str, int]:

@@ -11,15 +11,14 @@ import gzip
 import json
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from crossrank.evaluate.datasets import BeirDataset, Qrels, ranked
-from crossrank.retrieve.bm25 import BM25Index
+from crossrank.datasets import BeirDataset, Qrels, ranked
+from crossrank.retrieve.bm25 import CorpusBM25
 from crossrank.types import Document
 
 
@@ -88,31 +87,7 @@ def judged_lists(dataset: BeirDataset, run: Mapping[str, Mapping[str, float]] | 
     return lists
 
 
-class Bm25Index:
-    """The project's BM25 (tantivy, `crossrank.retrieve.bm25`) over a corpus held in a temporary directory:
-    mining negatives and scoring candidates for the teacher, with no persistent index to manage."""
-
-    def __init__(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
-        if not texts:
-            raise ValueError("cannot index an empty corpus")
-        self.texts = list(texts)
-        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        self._directory = tempfile.TemporaryDirectory(prefix="crossrank-train-bm25-")
-        self.index = BM25Index(Path(self._directory.name))
-        self.index.apply([(row, "", text) for row, text in enumerate(self.texts)], [], generation=1)
-
-    def search(self, queries: Sequence[str], k: int) -> tuple[list[list[int]], list[np.ndarray]]:
-        """Per query, the rows and scores of its top k matching documents (fewer when fewer match)."""
-        hits = [self.index.search(query, k) for query in queries]
-        return [[row for row, _ in h] for h in hits], [np.array([s for _, s in h], dtype=np.float32) for h in hits]
-
-    def score(self, query: str, indices: Sequence[int]) -> np.ndarray:
-        """BM25 scores of the given rows (0 for rows the query does not match)."""
-        scores = dict(self.index.search(query, len(self.texts)))
-        return np.array([scores.get(int(i), 0.0) for i in indices], dtype=np.float32)
-
-
-def mine_negatives(queries: Mapping[str, str], index: Bm25Index, qrels: Qrels, *, rank_range: tuple[int, int] = (0, 100),
+def mine_negatives(queries: Mapping[str, str], index: CorpusBM25, qrels: Qrels, *, rank_range: tuple[int, int] = (0, 100),
                    per_query: int = 31, min_positive: int = 1,
                    scorer: Callable[[str, list[str]], np.ndarray] | None = None, margin: float | None = None,
                    seed: int = 0, source: str = "mined") -> list[RankingList]:
@@ -127,7 +102,7 @@ def mine_negatives(queries: Mapping[str, str], index: Bm25Index, qrels: Qrels, *
     qids = [qid for qid in queries if sum(rel >= min_positive for rel in qrels.get(qid, {}).values()) > 0]
     if not qids:
         return []
-    hits, scores = index.search([queries[qid] for qid in qids], end)
+    hits, _ = index.search([queries[qid] for qid in qids], end)
     lists = []
     for row, qid in enumerate(qids):
         judged = qrels[qid]
@@ -168,7 +143,7 @@ def pseudo_query(text: str, rng: random.Random, min_words: int = 3, max_words: i
     return " ".join(words[begin: begin + length]).lower()
 
 
-def retrieved_lists(queries: Sequence[str], index: Bm25Index, depth: int = 32, source: str = "retrieved",
+def retrieved_lists(queries: Sequence[str], index: CorpusBM25, depth: int = 32, source: str = "retrieved",
                     query_ids: Sequence[str] | None = None) -> list[RankingList]:
     """Unjudged lists for distillation: each query with its BM25 top-`depth` over the index (a teacher scores
     them; labels stay None)."""
@@ -181,7 +156,7 @@ def retrieved_lists(queries: Sequence[str], index: Bm25Index, depth: int = 32, s
             for row, q in enumerate(queries) if hits[row]]  # a query matching nothing has no list
 
 
-def pseudo_query_lists(texts: Sequence[str], index: Bm25Index, per_document: int, depth: int = 32, seed: int = 0,
+def pseudo_query_lists(texts: Sequence[str], index: CorpusBM25, per_document: int, depth: int = 32, seed: int = 0,
                        source: str = "pseudo") -> list[RankingList]:
     """Self-supervised distillation lists: `per_document` pseudo-queries from every passage of `texts`, each
     with its BM25 top-`depth` over the index (which should hold the passages, so the source is usually in it)."""
@@ -233,7 +208,7 @@ def lists_from_dataset(dataset: BeirDataset, depth: int = 100, negatives: int = 
         if name in dataset.runs:
             return judged_lists(dataset, dataset.run(name), depth=depth)
     corpus = dataset.corpus
-    index = Bm25Index([doc.content for doc in corpus.values()], list(corpus))
+    index = CorpusBM25([doc.content for doc in corpus.values()], list(corpus))
     return mine_negatives(dataset.queries, index, dataset.qrels, rank_range=(0, depth), per_query=negatives,
                           seed=seed, source=dataset.name)
 
@@ -245,7 +220,7 @@ def candidate_lists(dataset: BeirDataset, depth: int = 100) -> list[RankingList]
         if name in dataset.runs:
             return judged_lists(dataset, dataset.run(name), depth=depth, include_judged=False)
     corpus = dataset.corpus
-    index = Bm25Index([doc.content for doc in corpus.values()], list(corpus))
+    index = CorpusBM25([doc.content for doc in corpus.values()], list(corpus))
     qids = list(dataset.queries)
     lists = retrieved_lists([dataset.queries[q] for q in qids], index, depth, dataset.name, qids)
     for item in lists:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crossrank.evaluate.datasets import Qrels
+from crossrank.datasets import Qrels
 from crossrank.retrieve.fusion import zscore
 from crossrank.train.data import RankingList
 

@@ -7,10 +7,10 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from crossrank.evaluate.datasets import parse_dataset_spec
+from crossrank.datasets import parse_dataset_spec
 from crossrank.train.card import fit_calibration, write_model_card
 from crossrank.train.data import RankingList, lists_from_dataset, load_lists
-from crossrank.train.trainer import DevSet, Trainer, TrainConfig, TrainResult
+from crossrank.train.trainer import DevSet, TrainConfig, Trainer, TrainResult
 
 
 def train_from_datasets(config: TrainConfig, out: str | Path, train: Sequence[str] = (),

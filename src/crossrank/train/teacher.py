@@ -11,36 +11,19 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from crossrank.model.batching import iter_batches
-from crossrank.model.checkpoint import Checkpoint, bi_encoder_path
-from crossrank.model.graphs import build_graph, input_names
-from crossrank.model.tokenization import TextEncoder, load_tokenizer
+from crossrank.model.embedding import BiEncoder
 from crossrank.retrieve.fusion import zscore
 from crossrank.train.data import RankingList
 
 
 class BiEncoderTeacher:
+    """The engine's BiEncoder on the torch backend, on the training device."""
+
     def __init__(self, path: str | os.PathLike[str] | None = None, device: str = "cpu", max_length: int = 256,
                  batch_tokens: int = 65536) -> None:
-        checkpoint = Checkpoint.open(bi_encoder_path() if path is None else path)
-        tokenizer, self.pad_id = load_tokenizer(checkpoint.path)
-        self.encoder = TextEncoder(tokenizer, min(max_length, checkpoint.max_position_embeddings))
-        self.graph = build_graph(checkpoint, "embedding").to(device)
-        self.device = torch.device(device)
-        self.batch_tokens = batch_tokens
-
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        rows = self.encoder.encode(list(texts))
-        out = np.zeros((len(rows), int(self.graph.model.config.hidden_size)), dtype=np.float32)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        for indices, batch in iter_batches(rows, self.batch_tokens, self.pad_id):
-            tensors = {name: torch.from_numpy(batch[name]).to(self.device) for name in input_names(self.graph)}
-            with autocast:
-                out[indices] = self.graph(**tensors).float().cpu().numpy()
-        return out
+        self.encoder = BiEncoder.from_pretrained(path, backend="torch", max_length=max_length,
+                                                 batch_tokens=batch_tokens, device=device)
 
     def score_lists(self, lists: Sequence[RankingList]) -> list[np.ndarray]:
         """Cosine of query and candidate embeddings, per list."""
@@ -48,7 +31,7 @@ class BiEncoderTeacher:
         for item in lists:
             for text in (item.query, *item.documents):
                 table.setdefault(text, len(table))
-        embeddings = self.encode(list(table)) if table else np.zeros((0, 1), dtype=np.float32)
+        embeddings = self.encoder.encode(list(table))
         return [embeddings[[table[d] for d in item.documents]] @ embeddings[table[item.query]] for item in lists]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crossrank.evaluate.datasets import BeirDataset, Qrels, Run
+from crossrank.datasets import BeirDataset, Qrels, Run, ranked
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
@@ -31,8 +31,10 @@ from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
 from crossrank.train.teacher import fuse
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-# Parameters that start at zero or at a fixed constant and need a larger step than the pretrained body.
-HEAD_PREFIXES = ("model.classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.", "log_scale", "cross_gates")
+# Parameters that start at zero, at a fixed constant or fresh (a new classifier head, DistilBERT's pre_classifier
+# included) and need a larger step than the pretrained body.
+HEAD_PREFIXES = ("model.classifier.", "model.pre_classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.",
+                 "log_scale", "cross_gates")
 ARCHITECTURES = ("auto", "gated", "classifier")
 
 
@@ -103,8 +105,8 @@ def ndcg_at_10(qrels: Qrels, run: Run) -> float:
     except ImportError:
         values = []
         for qid, judged in qrels.items():
-            ranking = sorted(run.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]
-            dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, (doc, _) in enumerate(ranking))
+            ranking = ranked(run.get(qid, {}))[:10]
+            dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 2) for rank, doc in enumerate(ranking))
             ideal = sorted((max(v, 0) for v in judged.values()), reverse=True)[:10]
             idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
             values.append(dcg / idcg if idcg > 0 else 0.0)
@@ -175,18 +177,30 @@ def save_checkpoint(student: torch.nn.Module, base: Path, out: Path, max_length:
     return out
 
 
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
 def _prefetch(iterator: Iterator, size: int = 4) -> Iterator:
-    """Run a batch iterator in a thread (tokenisation releases the GIL) so the device never waits on it."""
+    """Run a batch iterator in a thread (tokenisation releases the GIL) so the device never waits on it. What the
+    iterator raises is raised here, in the training loop, which would otherwise wait forever for the next batch."""
     buffer: queue.Queue = queue.Queue(size)
     done = object()
 
     def fill() -> None:
-        for item in iterator:
-            buffer.put(item)
-        buffer.put(done)
+        try:
+            for item in iterator:
+                buffer.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            buffer.put(_Raised(exc))
+        else:
+            buffer.put(done)
 
     threading.Thread(target=fill, daemon=True).start()
     while (item := buffer.get()) is not done:
+        if isinstance(item, _Raised):
+            raise item.error
         yield item
 
 
@@ -255,7 +269,9 @@ class Trainer:
         others = [i for i in range(n) if i != anchor]
         return [anchor, *rng.sample(others, min(size - 1, len(others)))]
 
-    def _batches(self, rng: random.Random) -> Iterator[dict]:
+    def _batches(self, rng: random.Random, skip: int = 0) -> Iterator[dict]:
+        """Batches drawn from `rng`, the first `skip` drawn but not built: a resumed run continues the very stream
+        of lists an uninterrupted run would have seen."""
         config = self.config
         n_labelled = round(config.lists_per_step * config.labelled_fraction) if self.labelled and self.others else (
             config.lists_per_step if self.labelled else 0)
@@ -263,6 +279,9 @@ class Trainer:
             chosen = rng.choices(self.labelled, k=n_labelled) if n_labelled else []
             chosen += rng.choices(self.others, k=config.lists_per_step - n_labelled) if self.others else []
             groups = [self._group(item, rng) for item in chosen]
+            if skip:
+                skip -= 1
+                continue
             queries = [item.query for item, group in zip(chosen, groups, strict=True) for _ in group]
             documents = [item.documents[i] for item, group in zip(chosen, groups, strict=True) for i in group]
             rows, _ = self.pair_encoder.encode(queries, documents)
@@ -337,7 +356,9 @@ class Trainer:
     def _save_state(self, elapsed: float) -> None:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                     "pairs_seen": self.pairs_seen, "history": self.history, "best_metric": self.best_metric,
-                    "best_step": self.best_step, "elapsed": elapsed, "config": asdict(self.config)},
+                    "best_step": self.best_step, "elapsed": elapsed, "config": asdict(self.config),
+                    "torch_rng": torch.get_rng_state(),  # dropout: a resumed run draws the same masks
+                    "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                    self._state_path())
 
     def _load_state(self) -> None:
@@ -346,6 +367,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.pairs_seen, self.history = state["step"], state["pairs_seen"], state["history"]
         self.best_metric, self.best_step, self.elapsed_before = state["best_metric"], state["best_step"], state["elapsed"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.log(f"resumed at step {self.step} (best {self.best_metric} at {self.best_step})")
 
     def _learning_rate_factor(self, elapsed: float) -> float:
@@ -385,8 +409,7 @@ class Trainer:
         start = time.monotonic() - self.elapsed_before
         if self.dev is not None and self.step == 0:
             self._checkpoint(self.evaluate(self.dev), 0.0)
-        rng = random.Random(config.seed + self.step)
-        batches = _prefetch(self._batches(rng))
+        batches = _prefetch(self._batches(random.Random(config.seed), skip=self.step * config.grad_accum))
         evals_without_gain = 0
         self.model.train()
         progress = tqdm(total=config.steps, initial=self.step, desc="train", mininterval=10)

@@ -22,8 +22,9 @@ class Backend(Protocol):
 
 
 def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quantize: str | None,
-                 threads: int | None) -> Backend:
-    """Build the named backend for a checkpoint; shared by the cross-encoder and the bi-encoder."""
+                 threads: int | None, device: str = "cpu") -> Backend:
+    """Build the named backend for a checkpoint; shared by the cross-encoder and the bi-encoder. A `device` other
+    than the CPU needs the torch backend (ONNX Runtime here is the CPU build)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
@@ -32,7 +33,9 @@ def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quanti
         from crossrank.model.backends.torch_backend import TorchBackend
         from crossrank.model.graphs import build_graph
 
-        return TorchBackend(build_graph(checkpoint, head), threads)
+        return TorchBackend(build_graph(checkpoint, head), threads, device)
+    if device != "cpu":
+        raise ValueError(f"device={device!r} needs backend='torch'")
     from crossrank.model.backends.onnx_backend import OnnxBackend
     from crossrank.model.export import onnx_model_path
 

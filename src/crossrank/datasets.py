@@ -1,5 +1,7 @@
 """Judged IR data in its standard files: BEIR folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv,
-runs/*.trec) and TREC run/qrels files, read in place and written back in TREC format."""
+runs/*.trec) and TREC run/qrels files, read in place and written back in TREC format.
+
+A neutral module (it imports only `types`): evaluation, training, LTR and the benchmarks all read judged data."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ import csv
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from crossrank.types import Document
+from crossrank.types import Document, best_first
 
 Qrels = dict[str, dict[str, int]]  # query id → doc id → graded relevance
 Run = dict[str, dict[str, float]]  # query id → doc id → score
@@ -82,22 +84,28 @@ def read_qrels(path: Path) -> Qrels:
 
 
 def read_run(path: Path) -> Run:
-    """TREC run: `qid Q0 docid rank score tag`, one line per candidate."""
-    run: Run = defaultdict(dict)
+    """TREC run: `qid Q0 docid rank score tag`, one line per candidate.
+
+    Each query's documents come in the file's rank order, so `ranked` breaks score ties by the rank column: a run
+    of equal scores (a candidate list, WikiQA style) keeps its order, where trec_eval would reorder it by id.
+    (ir_measures.read_trec_run drops the rank column, which is why this reader is our own.)
+    """
+    rows: dict[str, list[tuple[float, int, str, float]]] = defaultdict(list)
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             parts = line.split()
-            if len(parts) < 5:
-                raise ValueError(f"{path}: line {number} is not a TREC run line: {line.strip()!r}")
-            run[parts[0]][parts[2]] = float(parts[4])
-    return dict(run)
+            try:
+                rows[parts[0]].append((float(parts[3]), number, parts[2], float(parts[4])))
+            except (IndexError, ValueError) as exc:
+                raise ValueError(f"{path}: line {number} is not a TREC run line: {line.strip()!r}") from exc
+    return {qid: {doc: score for _, _, doc, score in sorted(lines)} for qid, lines in rows.items()}
 
 
-def ranked(run_for_query: Mapping[str, float]) -> list[str]:
-    """Doc ids best first, ties broken by doc id descending as trec_eval does."""
-    return [doc for doc, _ in sorted(run_for_query.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+def ranked(scores: Mapping[str, float]) -> list[str]:
+    """Doc ids best first: score descending, ties in the mapping's order (`crossrank.types.best_first`)."""
+    return best_first(scores, scores.__getitem__)
 
 
 def write_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str = "crossrank") -> None:
@@ -171,14 +179,3 @@ def write_qrels(qrels: Qrels, path: Path) -> None:
             for docid, rel in sorted(qrels[qid].items()):
                 writer.writerow([qid, docid, rel])
 
-
-def iter_pairs(dataset: BeirDataset, run: Run) -> Iterable[tuple[str, str, Document]]:
-    """(query id, query text, document) for every candidate of a run whose query and document exist."""
-    for qid, candidates in run.items():
-        query = dataset.all_queries.get(qid)
-        if query is None:
-            continue
-        for docid in ranked(candidates):
-            document = dataset.corpus.get(docid)
-            if document is not None:
-                yield qid, query, document
