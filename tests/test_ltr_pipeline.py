@@ -46,7 +46,7 @@ def test_ltr_stage_reorders_by_the_model_and_records_its_signal(model):
     grades = [c.metadata["grade"] for c in out.candidates]
     assert grades == sorted(grades, reverse=True)
     assert LTR(model)("query", []) == []
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="must be 1 or more"):
         LTR(model, k=0)
     assert "stage-test@v1" in repr(Pipeline([LTR(model)]))
 

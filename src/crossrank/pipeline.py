@@ -336,3 +336,16 @@ class Pipeline:
 
     def search(self, query: str | Query, filters: Mapping[str, Any] | None = None) -> SearchResult:
         return self.run([query], filters=filters)[0]
+
+
+def search_pipeline(index: Retriever, retrievers: Sequence[str] = ("bm25", "dense"), *, first_k: int = 1000,
+                    fusion: str = "rrf", reranker: PairScorer | None = None, rerank_k: int = 100,
+                    first_stage_weight: float | Literal["model"] | None = "model", k: int = 10) -> Pipeline:
+    """The pipeline `crossrank search` and the server's /search run: retrieve from each named retriever, fuse
+    them when there are several, rerank the top `rerank_k` (unless `reranker` is None), keep the top `k`."""
+    stages: list[Stage] = [Retrieve(index, retrievers, k=first_k)]
+    if len(retrievers) > 1:
+        stages.append(Fuse(fusion, sources=retrievers))
+    if reranker is not None:
+        stages.append(Rerank(reranker, k=rerank_k, first_stage_weight=first_stage_weight))
+    return Pipeline([*stages, Cut(k)])

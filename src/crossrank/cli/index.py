@@ -139,7 +139,7 @@ def search(
         "--format", help="text: a block per result; json: one object with the results and the trace.")] = "text",
 ) -> None:
     """Search an index: BM25 + dense retrieval, fusion, cross-encoder reranking (unless --no-rerank)."""
-    from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve, Stage
+    from crossrank.pipeline import search_pipeline
     from crossrank.store import Index, adapted_model
 
     if model is None and not no_rerank and not no_adapted and (adapted := adapted_model(directory)) is not None:
@@ -149,16 +149,14 @@ def search(
     parsed_filters = parse_filters(filters or [])
     try:
         index = Index.open(directory)
-        stages: list[Stage] = [Retrieve(index, names, k=first_k)]
-        if len(names) > 1:
-            stages.append(Fuse(fusion, sources=names))
+        reranker = None
         if not no_rerank:
             from crossrank.model.cross_encoder import CrossEncoder
 
-            stages.append(Rerank(CrossEncoder.from_pretrained(model), k=rerank_k,
-                                 first_stage_weight="model" if first_stage_weight is None else first_stage_weight))
-        stages.append(Cut(top_k))
-        pipeline = Pipeline(stages)
+            reranker = CrossEncoder.from_pretrained(model)
+        pipeline = search_pipeline(index, names, first_k=first_k, fusion=fusion, reranker=reranker,
+                                   rerank_k=rerank_k, k=top_k,
+                                   first_stage_weight="model" if first_stage_weight is None else first_stage_weight)
         result = pipeline.search(query, filters=parsed_filters)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         message = str(exc)

@@ -221,7 +221,7 @@ def index_router() -> APIRouter:
     @router.post("/search", response_model_exclude_none=True)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         """Retrieve → fuse → rerank → cut on a named index; `explain` adds the per-stage trace."""
-        from crossrank.pipeline import Cut, Fuse, Pipeline, Rerank, Retrieve
+        from crossrank.pipeline import search_pipeline
 
         config = request.app.state.config
         if body.rerank_k > config.max_documents:
@@ -235,16 +235,14 @@ def index_router() -> APIRouter:
             if unknown:
                 raise HTTPException(409, f"retrievers {unknown} not available; index {body.index!r} has "
                                          f"{index.retrievers}")
-            stages = [Retrieve(index, names, k=body.first_k)]
-            if len(names) > 1:
-                stages.append(Fuse("rrf", sources=names))
+            model = None
             if body.rerank_k:
                 app = request.app
                 model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
                                      getattr(app.state.scorer, "interpolation", None))
-                weight = "model" if body.first_stage_weight is None else body.first_stage_weight
-                stages.append(Rerank(model, k=body.rerank_k, first_stage_weight=weight))
-            pipeline = Pipeline([*stages, Cut(body.k)])
+            pipeline = search_pipeline(
+                index, names, first_k=body.first_k, reranker=model, rerank_k=body.rerank_k, k=body.k,
+                first_stage_weight="model" if body.first_stage_weight is None else body.first_stage_weight)
             result = await blocking(pipeline.search, body.query, body.filter_dict())
         out = result.to_dict()
         return SearchResponse(index=body.index, query=body.query, results=out["results"],
