@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The default model's recipe (scripts/train_default_model.py) as one GPU job, for when a GPU is lent: teacher
 # scores where missing, four variants side by side on the GPU for $MINUTES each, selection of the best by
-# trec-dl-2021 nDCG@10 (the selection lists; trec-dl-2020, SciFact and NPL are never read), then calibration,
-# fusion.json and adapt.json fitted on trec-dl-2021. Prepare on CPU first (4 s, needs the datasets):
+# trec-dl-2021 nDCG@10 (the selection lists; trec-dl-2020, SciFact test and NPL are never read), then calibration
+# and adapt.json fitted on trec-dl-2021 and fusion.json on trec-dl-2021 + SciFact train. Prepare on CPU first
+# (4 s, needs the datasets):
 #   python scripts/train_default_model.py prepare --out .gpu/data --pseudo 5000
 # Usage: DATA=.gpu/data OUT=out MINUTES=10 bash scripts/default_model_gpu_job.sh
 set -uo pipefail
@@ -29,5 +30,6 @@ import json
 json.dump({v: json.load(open('$W/'+v+'/training.json')) for v in 'ABCD'}, open('$OUT/variants.json','w'), indent=1)"
 rm -f "$W/$best/trainer_state.pt"
 python3 $S finalize --data "$DATA" --model "$W/$best" || exit 1
+python3 $S fusion --data "$DATA" --model "$W/$best" || exit 1
 cp -r "$W/$best" "$OUT/model"
 sha256sum "$OUT/model/model.safetensors"

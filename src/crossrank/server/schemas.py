@@ -258,7 +258,8 @@ class SearchRequest(RequestBody):
     rerank_k: int = Field(50, ge=0, le=1000, description="Candidates the cross-encoder rescores (0: none).")
     first_stage_weight: Annotated[float, Field(ge=0, lt=1)] | None = Field(
         None, description="Weight of the first stage's z-scored score in the final score (default: the "
-                                      "model's fusion.json; 0: the cross-encoder alone).")
+                                      "model's fusion.json weight for this first stage, fused or single; 0: the "
+                                      "cross-encoder alone).")
     explain: StrictBool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
 
 
