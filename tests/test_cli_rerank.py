@@ -130,3 +130,12 @@ def test_json_logs_carry_no_ansi_copy_of_the_message():
     record = logging.makeLogRecord({"msg": "GET / 200", "color_message": "\x1b[1mGET\x1b[0m / 200", "path": "/"})
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "GET / 200" and entry["path"] == "/" and "color_message" not in entry
+
+
+def test_cli_logging_survives_the_runner_closing_its_stderr(capsys):
+    import logging
+
+    runner.invoke(app, ["info", "/nonexistent"])  # installs crossrank's stderr handler; the runner then closes it
+    logging.getLogger("crossrank.server").info("request after the command")
+    captured = capsys.readouterr()
+    assert "Logging error" not in captured.err and "request after the command" in captured.err

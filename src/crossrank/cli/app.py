@@ -25,11 +25,24 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes: a test runner that swaps and closes it between
+    invocations must not leave the handler writing to a closed stream."""
+
+    @property
+    def stream(self):  # noqa: ANN201 - logging's own attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """crossrank's own status lines (a one-time export, ...) as plain stderr lines; warnings prefixed. Library
     chatter is logged at debug level (`crossrank.model.library_output`): CROSSRANK_LOG_LEVEL=debug shows it.
     `serve` replaces this with JSON logs."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_prefix_level)
     logger = logging.getLogger("crossrank")
