@@ -30,7 +30,7 @@ class _CurrentStderr(logging.StreamHandler):
     invocations must not leave the handler writing to a closed stream."""
 
     @property
-    def stream(self):  # noqa: ANN201 - logging's own attribute
+    def stream(self):  # type: ignore[override]
         return sys.stderr
 
     @stream.setter
