@@ -39,18 +39,20 @@ def test_index_and_search(tmp_path):
     assert all(r["metadata"]["lang"] == "en" for r in filtered["results"])
 
 
-def test_evaluate_beir(tmp_path):
+@pytest.mark.shared
+def test_evaluate_beir(tmp_path, shared_datasets):
     output = run_example("evaluate_beir.sh", tmp_path, "out").stdout
-    assert "| hybrid>>ce" in output and "tiny-beir (test): 6 queries" in output
+    assert "| run>>ce" in output and "trec-dl-2020 (test): 10 queries" in output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {s["name"] for s in results["systems"]} == {"bm25", "hybrid", "hybrid>>ce"}
+    assert {s["name"] for s in results["systems"]} == {"run", "run>>ce"}
     assert (tmp_path / "out" / "report.html").is_file()
 
 
-def test_fine_tune(tmp_path):
+@pytest.mark.shared
+def test_fine_tune(tmp_path, shared_datasets):
     output = run_example("fine_tune.sh", tmp_path, "models/ft").stdout
     assert json.loads(output.splitlines()[0])["steps"] == 4
-    assert "| bm25>>ce:ft" in output and "| bm25>>ce:default" in output
+    assert "| run>>ce:ft" in output and "| run>>ce:default" in output
     assert (tmp_path / "models" / "ft" / "model.safetensors").is_file()
 
 
