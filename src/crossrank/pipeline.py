@@ -212,15 +212,12 @@ class Rerank(Stage):
         self.interpolation = interpolation if interpolation is not None and max(interpolation.weights) > 0 else None
 
     def __repr__(self) -> str:
-        weight = "" if self.interpolation is None else f", first_stage_weight={self.describe_weight()}"
+        weight = ""
+        if (shipped := self.interpolation) is not None:
+            weight = ", first_stage_weight=" + ", ".join(
+                [*(f"{w} after {name}" for name, w in shipped.by_first_stage.items()),
+                 f"{shipped.weight}" + (" otherwise" if shipped.by_first_stage else "")])
         return f"Rerank({self.model.name!r}, k={self.k}{weight})"
-
-    def describe_weight(self) -> str:
-        interpolation = self.interpolation
-        if interpolation is None:
-            return "0"
-        return ", ".join([*(f"{w} after {name}" for name, w in interpolation.by_first_stage.items()),
-                          f"{interpolation.weight}" + (" otherwise" if interpolation.by_first_stage else "")])
 
     def run_many(self, queries: Sequence[Query], candidate_lists: Sequence[list[Candidate]]) -> list[list[Candidate]]:
         heads = [list(candidates[: self.k]) for candidates in candidate_lists]

@@ -38,23 +38,24 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+class _StatusLines(logging.Formatter):
+    """The message alone for status lines; `warning: ...`, `debug: ...` for the other levels."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
 def _log_to_stderr() -> None:
     """crossrank's own status lines (a one-time export, ...) as plain stderr lines; warnings prefixed. Library
     chatter is logged at debug level (`crossrank.model.library_output`): CROSSRANK_LOG_LEVEL=debug shows it.
     `serve` replaces this with JSON logs."""
     handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(_prefix_level)
+    handler.setFormatter(_StatusLines())
     logger = logging.getLogger("crossrank")
     logger.handlers = [handler]
     logger.setLevel(os.environ.get("CROSSRANK_LOG_LEVEL", "info").upper())
     logger.propagate = False
-
-
-def _prefix_level(record: logging.LogRecord) -> bool:
-    if record.levelno != logging.INFO and not getattr(record, "prefixed", False):
-        record.msg, record.prefixed = f"{record.levelname.lower()}: {record.msg}", True
-    return True
 
 
 @app.callback()

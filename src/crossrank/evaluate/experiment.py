@@ -197,7 +197,7 @@ class Experiment:
 
     def interpolation(self, reranker: str, first_name: str) -> FirstStageInterpolation | None:
         """The weight `reranker` mixes in after first stage `first_name`, as its Rerank stage would pick it."""
-        shipped = self.rerank_stage(reranker, self.config.depth).interpolation
+        shipped = shipped_interpolation(reranker, self.scorers[scorer_of(reranker)])
         first = self.first_stage(first_name).candidates
         return shipped and shipped.for_first_stage(ordering_signal(next((c for c in first.values() if c), [])))
 
