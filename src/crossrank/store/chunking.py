@@ -52,9 +52,7 @@ class Chunker:
 
     def _segments(self, text: str) -> list[Span]:
         """Sentences (within paragraphs) as char spans with token counts; over-long ones cut by tokens."""
-        bounds = []
-        for paragraph in _spans(text, PARAGRAPH, 0, len(text)):
-            bounds += _spans(text, SENTENCE_END, *paragraph)
+        bounds = sentence_spans(text)
         encodings = self.tokenizer.encode_batch([text[a:b] for a, b in bounds], add_special_tokens=False)
         segments = []
         for (start, end), encoding in zip(bounds, encodings, strict=True):
@@ -88,6 +86,14 @@ class Chunker:
         if current:
             passages.append(Span(current[0].start, current[-1].end, sum(s.tokens for s in current)))
         return passages
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentences as (start, end) char spans, paragraph breaks respected; blank stretches belong to none."""
+    bounds = []
+    for paragraph in _spans(text, PARAGRAPH, 0, len(text)):
+        bounds += _spans(text, SENTENCE_END, *paragraph)
+    return bounds
 
 
 def _spans(text: str, separator: re.Pattern[str], start: int, end: int) -> list[tuple[int, int]]:
