@@ -145,6 +145,15 @@ class ContextSelector:
         return (f"ContextSelector({model!r}, granularity={self.granularity!r}, "
                 f"min_probability={self.min_probability}, order={self.order!r}, tokens={self.counter.name!r})")
 
+    def with_settings(self, **changes: Any) -> ContextSelector:
+        """A copy that shares the loaded models, with some settings changed (a baseline, a per-request choice)."""
+        settings = {"model": self.model, "encoder": self._encoder, "granularity": self.granularity,
+                    "min_probability": self.min_probability, "sentence_weight": self.sentence_weight,
+                    "neighbours": self.neighbours, "mmr_lambda": self.mmr_lambda,
+                    "duplicate_cosine": self.duplicate_cosine, "order": self.order, "tokenizer": self.counter,
+                    "candidates": self.candidates}
+        return ContextSelector(**{**settings, **changes})
+
     @property
     def encoder(self) -> BiEncoder:
         if self._encoder is None:

@@ -40,7 +40,11 @@ class TokenizerTokens:
     """A Hugging Face `tokenizers` tokenizer, loaded from a local tokenizer.json (nothing is downloaded)."""
 
     def __init__(self, tokenizer: Tokenizer, name: str) -> None:
-        self.tokenizer, self.name = tokenizer, name
+        """Counts with a copy of `tokenizer` without padding or truncation: a model's tokenizer.json often pads
+        to a fixed length or cuts at its maximum, and either would misstate what a text costs."""
+        self.tokenizer, self.name = Tokenizer.from_str(tokenizer.to_str()), name
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TokenizerTokens:

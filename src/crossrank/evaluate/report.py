@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 SIGNIFICANCE = 0.05
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
+def fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -38,24 +38,24 @@ def system_rows(result: ExperimentResult) -> tuple[list[str], list[list[str]]]:
     for system in result.systems:
         test = result.tests[primary].get(system.name)
         cells = [system.name + (" (baseline)" if system.name == result.baseline else "")]
-        cells += [_fmt(system.means[m]) + _marker(result, system.name, m) for m in measures]
+        cells += [fmt(system.means[m]) + _marker(result, system.name, m) for m in measures]
         if test is None:
             cells += ["", "", "", ""]
         else:
             cells += [f"{test.delta:+.4f}", f"{test.t_p_holm:.3g}", f"{test.randomisation_p_holm:.3g}",
                       f"{test.wins}/{test.ties}/{test.losses}"]
-        cells.append(_fmt(system.ms_per_query, 1))
+        cells.append(fmt(system.ms_per_query, 1))
         rows.append(cells)
     return header, rows
 
 
 def depth_rows(result: ExperimentResult) -> tuple[list[str], list[list[str]]]:
     header = ["depth k", f"{result.config.primary} after rerank", "recall ceiling R@k", "ms/query"]
-    return header, [[str(p.depth), _fmt(p.quality), _fmt(p.recall_ceiling), _fmt(p.ms_per_query, 1)]
+    return header, [[str(p.depth), fmt(p.quality), fmt(p.recall_ceiling), fmt(p.ms_per_query, 1)]
                     for p in result.curve]
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -63,11 +63,11 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def markdown_summary(result: ExperimentResult) -> str:
     parts = [f"## {result.dataset} ({result.split}): {result.queries} queries, binary relevance ≥ {result.rel}",
-             "", _markdown_table(*system_rows(result)), "",
+             "", markdown_table(*system_rows(result)), "",
              f"† both Holm-corrected paired tests p < {SIGNIFICANCE} against the baseline ({result.baseline}); "
              f"ms/query = first stage batch pass / queries + median single-query rerank latency."]
     if result.curve:
-        parts += ["", f"### Rerank depth ({result.curve_system})", "", _markdown_table(*depth_rows(result))]
+        parts += ["", f"### Rerank depth ({result.curve_system})", "", markdown_table(*depth_rows(result))]
     for report in result.failures:
         parts += ["", f"### {report.system}: relevant documents the first stage never retrieved: "
                       f"{report.relevant_unretrieved}/{report.relevant_total} "
@@ -78,7 +78,7 @@ def markdown_summary(result: ExperimentResult) -> str:
     return "\n".join(parts)
 
 
-def _png(figure: Figure) -> str:
+def figure_png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -105,7 +105,7 @@ def plots(result: ExperimentResult) -> dict[str, str]:
     axis.set_ylabel(f"{primary} (95% CI)")
     axis.set_title(f"{result.dataset} {result.split}: {primary} per system")
     axis.tick_params(axis="x", rotation=20)
-    images[f"{primary} per system"] = _png(figure)
+    images[f"{primary} per system"] = figure_png(figure)
 
     if result.curve:
         figure, axis = plt.subplots(figsize=(6, 3.6))
@@ -123,7 +123,7 @@ def plots(result: ExperimentResult) -> dict[str, str]:
             cost.set_ylabel("ms / query", color="#c44e52")
         axis.legend(handles=handles, loc="lower right", fontsize=8)
         axis.set_title(f"depth curve: {result.curve_system}")
-        images["rerank depth curve"] = _png(figure)
+        images["rerank depth curve"] = figure_png(figure)
 
     rerankers = [s for s in result.systems if s.first_stage is not None]
     if rerankers:
@@ -140,7 +140,7 @@ def plots(result: ExperimentResult) -> dict[str, str]:
         axis.set_ylabel(f"Δ {primary} after rerank")
         axis.legend(fontsize=8)
         axis.set_title("per-query change vs the first stage")
-        images["per-query Δ"] = _png(figure)
+        images["per-query Δ"] = figure_png(figure)
     return images
 
 
@@ -151,7 +151,7 @@ def _first_stage_values(result: ExperimentResult, first: str) -> dict[str, float
         return None
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -170,11 +170,11 @@ def _failure_html(result: ExperimentResult) -> str:
             rows = [[kind, m.doc_id, "unjudged" if m.grade is None else str(m.grade), str(m.rank_before or "—"),
                      str(m.rank_after or "—"), m.snippet]
                     for kind, moves in (("promoted", hurt.promoted), ("demoted", hurt.demoted)) for m in moves]
-            parts.append(_html_table(["move", "doc", "grade", "rank before", "rank after", "text"], rows)
+            parts.append(html_table(["move", "doc", "grade", "rank before", "rank after", "text"], rows)
                          if rows else "<p>Same top documents, reordered.</p>")
         if report.unretrieved_examples:
             parts.append("<h4>Relevant but never retrieved (examples)</h4>")
-            parts.append(_html_table(["query", "doc", "grade", "text"], [
+            parts.append(html_table(["query", "doc", "grade", "text"], [
                 [f"{e['qid']}: {e['query']}", e["doc_id"], str(e["grade"]), e["snippet"]]
                 for e in report.unretrieved_examples]))
     return "".join(parts)
@@ -192,7 +192,7 @@ def render_html(result: ExperimentResult) -> str:
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{result.queries} judged queries; binary measures count grade ≥ {result.rel} as relevant; "
              f"baseline <b>{html.escape(result.baseline)}</b>; rerank depth {result.config.depth}.</p>",
-             "<h2>Systems</h2>", _html_table(*system_rows(result)),
+             "<h2>Systems</h2>", html_table(*system_rows(result)),
              f"<p class='note'>† both Holm-corrected paired tests (t-test and randomisation, "
              f"{result.config.permutations} permutations) p &lt; {SIGNIFICANCE} against the baseline. "
              f"W/T/L: queries where the system's {html.escape(result.config.primary)} is above / equal to / "
@@ -203,6 +203,6 @@ def render_html(result: ExperimentResult) -> str:
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{image}'>"
                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
     if result.curve:
-        parts += [f"<h2>Rerank depth: {html.escape(result.curve_system or '')}</h2>", _html_table(*depth_rows(result))]
+        parts += [f"<h2>Rerank depth: {html.escape(result.curve_system or '')}</h2>", html_table(*depth_rows(result))]
     parts += ["<h2>Failure analysis</h2>", _failure_html(result), "</body></html>"]
     return "".join(parts)
