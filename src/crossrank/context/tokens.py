@@ -40,6 +40,12 @@ class TokenizerTokens:
     """A Hugging Face `tokenizers` tokenizer, loaded from a local tokenizer.json (nothing is downloaded)."""
 
     def __init__(self, tokenizer: Tokenizer, name: str) -> None:
+        # A tokenizer.json often ships truncation and padding (MiniLM's: both at 128), which would count every text
+        # as that many tokens: a long snippet under-counted past the budget. Count on a copy with both off.
+        if tokenizer.truncation is not None or tokenizer.padding is not None:
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
         self.tokenizer, self.name = tokenizer, name
 
     @classmethod

@@ -1,0 +1,94 @@
+"""Context selection for an LLM: the budget is never exceeded, nothing is lost without a trace, and the floor,
+granularity, dedup, order, citations and bad input behave as documented."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import minilm_path
+from tokenizers import Tokenizer
+
+from crossrank.context import STYLES, ContextSelector, token_counter
+from crossrank.model.cross_encoder import CrossEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> CrossEncoder:
+    """The random 2-layer cross-encoder (torch: it loads in a fraction of the ONNX export's time)."""
+    return CrossEncoder.from_pretrained(tiny_model_dir, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer.json trained here on a few sentences (no download), shipped with truncation and
+    padding on as many LLM tokenizer.json files are."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<pad>"])
+    tokenizer.train_from_iterator(["The cat sat on the mat.", "Volcanoes erupt lava and ash.",
+                                   "<source id=\"1\" doc=\"0\">text</source>", "**[1] Title**\n", "[12] Hamlet: "],
+                                  trainer)
+    tokenizer.enable_truncation(16)
+    tokenizer.enable_padding(length=16, pad_token="<pad>")
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def reference_count(tokenizer: Path | None):
+    """A token count made independently of the code under test: the estimate's formula, or the tokenizer.json
+    with truncation and padding off."""
+    if tokenizer is None:
+        return lambda text: math.ceil(len(text.encode("utf-8")) / 3)
+    loaded = Tokenizer.from_file(str(tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer))
+    loaded.no_truncation()
+    loaded.no_padding()
+    return lambda text: len(loaded.encode(text, add_special_tokens=False).ids)
+
+
+class Stub:
+    """A stand-in cross-encoder whose logits are chosen per text (unlisted texts score `default`): the real tiny
+    model is random, so tests of the ordering logic need scores they decide."""
+
+    name = "stub"
+
+    def __init__(self, logits: dict[str, float], default: float = 0.0) -> None:
+        self.logits, self.default = logits, default
+
+    def score(self, queries, documents):
+        return SimpleNamespace(logits=np.array([self.logits.get(d.text, self.default) for d in documents],
+                                               dtype=np.float32))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float32)))
+
+
+def test_tokenizer_counts_ignore_the_files_truncation_and_padding(bpe_tokenizer: Path):
+    counter = token_counter(bpe_tokenizer)
+    long_text = "The cat sat on the mat. " * 40
+    assert counter.count(["cat", long_text]) == [reference_count(bpe_tokenizer)("cat"),
+                                                  reference_count(bpe_tokenizer)(long_text)]
+    assert counter.count([long_text])[0] > 16
+    minilm = token_counter(minilm_path())
+    assert minilm.count(["hello", "word " * 300]) == [1, 300]  # its tokenizer.json pads and truncates at 128
+    given = Tokenizer.from_file(str(bpe_tokenizer))
+    assert token_counter(given).count([long_text]) == counter.count([long_text])
+    assert given.truncation is not None and given.padding is not None  # the caller's tokenizer is left as it was
+
+
+def test_a_long_snippet_is_not_under_counted_past_the_budget():
+    text = " ".join(["word"] * 400) + "."  # one sentence of 400 WordPiece tokens; MiniLM's file truncates at 128
+    selector = ContextSelector(Stub({}), granularity="passage", min_probability=0, duplicate_cosine=None,
+                               tokenizer=minilm_path())
+    context = selector.select("q", [text], 300)
+    count = reference_count(minilm_path())
+    assert context.snippets == [] and [d.reason for d in context.dropped] == ["budget"]
+    assert all(count(context.render(style)) <= 300 for style in STYLES)
