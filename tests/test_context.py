@@ -92,3 +92,30 @@ def test_a_long_snippet_is_not_under_counted_past_the_budget():
     count = reference_count(minilm_path())
     assert context.snippets == [] and [d.reason for d in context.dropped] == ["budget"]
     assert all(count(context.render(style)) <= 300 for style in STYLES)
+
+
+class CountingTokens:
+    """The estimate, counting how many texts it was asked to count."""
+
+    name = "counting estimate"
+
+    def __init__(self) -> None:
+        self.texts = 0
+
+    def count(self, texts):
+        self.texts += len(texts)
+        return [math.ceil(len(text.encode("utf-8")) / 3) for text in texts]
+
+
+def test_packing_costs_each_piece_a_bounded_number_of_times():
+    """500 sentences and a budget that leaves a little room for many rounds: each round used to re-cost the whole
+    queue, 3 renders per piece, so counting grew with pieces × rounds (seconds with a real tokenizer)."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
+    documents = [" ".join(" ".join(words[(p + s + w) % len(words)] for w in range(20)) + f" p{p}s{s}."
+                          for s in range(10)) for p in range(50)]
+    counter = CountingTokens()
+    selector = ContextSelector(Stub({}), granularity="sentence", min_probability=0, duplicate_cosine=None,
+                               tokenizer=counter)
+    context = selector.select("q", documents, 100)
+    assert 1 <= len(context) and context.tokens <= 100
+    assert counter.texts < 20 * 500 * len(STYLES)

@@ -279,8 +279,8 @@ class ContextSelector:
         dropped: list[Dropped] = []
         remaining = budget
         queue = list(pieces)
+        costs = self._cost(passages, queue, marker)  # once: a piece's cost at the widest marker never changes
         while queue:
-            costs = self._cost(passages, queue, marker)
             window, spent = [], 0
             for piece, cost in zip(queue, costs, strict=True):  # enough to fill the budget left twice over
                 if spent >= WINDOW_FACTOR * remaining:
@@ -291,7 +291,7 @@ class ContextSelector:
                 dropped += [self._dropped(passages, p.passage, p.first, p.last, "budget", p.probability,
                                           "the budget is spent") for p in queue]
                 break
-            queue = queue[len(window):]
+            queue, costs = queue[len(window):], costs[len(window):]
             embeddings = self._embed(passages, window)
             while window:
                 pick = self._next(window, embeddings, vectors)
