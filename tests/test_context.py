@@ -119,3 +119,48 @@ def test_packing_costs_each_piece_a_bounded_number_of_times():
     context = selector.select("q", documents, 100)
     assert 1 <= len(context) and context.tokens <= 100
     assert counter.texts < 20 * 500 * len(STYLES)
+
+
+class Encoder:
+    """A stand-in bi-encoder: a text containing one of `same` gets that group's vector, any other text a random
+    unit vector of its own (cosine near 0 with the rest)."""
+
+    def __init__(self, *same: str) -> None:
+        self.same = same
+
+    def encode(self, texts):
+        import zlib
+
+        rows = []
+        for text in texts:
+            group = next((key for key in self.same if key in text), text)
+            row = np.random.default_rng(zlib.crc32(group.encode())).standard_normal(64)
+            rows.append(row / np.linalg.norm(row))
+        return np.array(rows, dtype=np.float32)
+
+
+def test_a_sentence_between_two_chosen_ones_bridges_them_into_one_snippet():
+    text = "S0 zero. S1 one. S2 two. S3 three. S4 four. S5 five."
+    logits = {"S0 zero.": 5, "S2 two.": 4, "S1 one.": 3}
+    selector = ContextSelector(Stub(logits, default=-1), granularity="sentence", min_probability=0,
+                               sentence_weight=1.0, duplicate_cosine=None)
+    context = selector.select("q", [text], 1000)
+    assert [s.text for s in context.snippets] == [text]  # not "S0 zero. S1 one." then "S2 two. ..." apart
+
+    logits = {"S0 zero.": 5, "S4 four.": 4, "S2 two.": 3}  # with neighbours S2's piece (S1..S3) overlaps both
+    selector = ContextSelector(Stub(logits, default=-1), granularity="sentence", min_probability=0,
+                               sentence_weight=1.0, duplicate_cosine=None, neighbours=1)
+    context = selector.select("q", [text], 1000)
+    assert [(s.start, s.end) for s in context.snippets] == [(0, len(text))]  # no sentence quoted twice
+
+
+def test_bridging_keeps_each_kept_snippets_embedding_aligned():
+    passage = "S0 zero. S1 one. S2 two."
+    logits = {"S0 zero.": 5, "S2 two.": 4, "Other thing.": 3.5, "S1 one.": 3, "Another thing.": 2}
+    selector = ContextSelector(Stub(logits, default=-1), Encoder("thing"), granularity="sentence",
+                               min_probability=0, sentence_weight=1.0)
+    context = selector.select("q", [passage, "Other thing.", "Another thing."], 1000)
+    assert [s.text for s in context.snippets] == [passage, "Other thing."]
+    [duplicate] = context.dropped
+    assert duplicate.passage_id == "2" and duplicate.reason == "duplicate"
+    assert duplicate.detail.startswith("same as 1 (cosine")

@@ -304,16 +304,19 @@ class ContextSelector:
                                                  piece.probability, f"same as {duplicate}"))
                     continue
                 merged, replaced = self._merged(piece, chosen)
-                fitted = self._fit(passages, merged, marker, remaining + (cost_of_chosen[replaced]
-                                                                        if replaced is not None else 0))
+                fitted = self._fit(passages, merged, marker, remaining + sum(cost_of_chosen[n] for n in replaced))
                 if fitted is None:
                     dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "budget",
                                                  piece.probability, f"{remaining} tokens left"))
                     continue
                 fitted_piece, cost = fitted
-                if replaced is not None:
-                    remaining += cost_of_chosen[replaced]
-                    chosen[replaced], cost_of_chosen[replaced] = fitted_piece, cost
+                if replaced:
+                    remaining += sum(cost_of_chosen[n] for n in replaced)
+                    chosen[replaced[0]], cost_of_chosen[replaced[0]] = fitted_piece, cost
+                    for n in reversed(replaced[1:]):  # bridged into the first: one snippet, not overlapping ones
+                        del chosen[n], cost_of_chosen[n]
+                        if vectors:
+                            del vectors[n]
                 else:
                     chosen.append(fitted_piece)
                     cost_of_chosen.append(cost)
@@ -350,14 +353,16 @@ class ContextSelector:
         return None
 
     @staticmethod
-    def _merged(piece: _Piece, chosen: list[_Piece]) -> tuple[_Piece, int | None]:
-        """A piece touching or overlapping a chosen piece of the same passage joins it as one snippet."""
-        for n, other in enumerate(chosen):
-            if other.passage == piece.passage and piece.first <= other.last + 1 and other.first <= piece.last + 1:
-                return replace(other, first=min(piece.first, other.first), last=max(piece.last, other.last),
-                               logit=max(piece.logit, other.logit),
-                               probability=max(piece.probability, other.probability)), n
-        return piece, None
+    def _merged(piece: _Piece, chosen: list[_Piece]) -> tuple[_Piece, list[int]]:
+        """A piece touching or overlapping chosen pieces of the same passage joins them as one snippet (all of
+        them: a piece between two chosen ones bridges them). Returns the merged piece and the indices it replaces."""
+        replaced = [n for n, other in enumerate(chosen) if other.passage == piece.passage
+                    and piece.first <= other.last + 1 and other.first <= piece.last + 1]
+        if not replaced:
+            return piece, []
+        group = [piece] + [chosen[n] for n in replaced]
+        return replace(chosen[replaced[0]], first=min(p.first for p in group), last=max(p.last for p in group),
+                       logit=max(p.logit for p in group), probability=max(p.probability for p in group)), replaced
 
     def _fit(self, passages: list[_Passage], piece: _Piece, marker: int, room: int) -> tuple[_Piece, int] | None:
         """The piece if it fits in `room`; a whole passage may be cut to its leading sentences; else None."""
