@@ -164,3 +164,14 @@ def test_bridging_keeps_each_kept_snippets_embedding_aligned():
     [duplicate] = context.dropped
     assert duplicate.passage_id == "2" and duplicate.reason == "duplicate"
     assert duplicate.detail.startswith("same as 1 (cosine")
+
+
+def test_a_neighbour_window_overlapping_its_own_kept_snippet_joins_it_rather_than_duplicating_it():
+    """Windows of one passage that share sentences embed alike (MiniLM: cosine 0.98 for neighbours=2); the piece
+    must merge, not be dropped as a duplicate of its own passage and lose the sentence it was chosen for."""
+    text = "S0 zero. S1 one. S2 two. S3 three."
+    selector = ContextSelector(Stub({"S1 one.": 5, "S3 three.": 4}, default=-1), Encoder("S2"),
+                               granularity="sentence", min_probability=0, sentence_weight=1.0, neighbours=1)
+    context = selector.select("q", [text], 1000)
+    assert [s.text for s in context.snippets] == [text]
+    assert context.dropped == []

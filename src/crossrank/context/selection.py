@@ -347,6 +347,8 @@ class ContextSelector:
                 return passages[other.passage].candidate.id
         if vector is not None and vectors and self.duplicate_cosine is not None:
             similarity = np.stack(vectors) @ vector
+            _, merging = self._merged(piece, chosen)
+            similarity[merging] = -np.inf  # what it overlaps or touches in its own passage it joins, not repeats
             best = int(np.argmax(similarity))
             if similarity[best] >= self.duplicate_cosine:  # vectors[n] is chosen[n]'s (a merge keeps the first)
                 return f"{passages[chosen[best].passage].candidate.id} (cosine {similarity[best]:.3f})"
