@@ -175,3 +175,14 @@ def test_a_neighbour_window_overlapping_its_own_kept_snippet_joins_it_rather_tha
     context = selector.select("q", [text], 1000)
     assert [s.text for s in context.snippets] == [text]
     assert context.dropped == []
+
+
+def test_a_passage_cut_to_its_leading_sentences_traces_the_rest():
+    text = "First sentence here. Second sentence is much longer than the first one by far. Third one."
+    selector = ContextSelector(Stub({}), granularity="passage", min_probability=0, duplicate_cosine=None)
+    context = selector.select("q", [text], 30)
+    [snippet] = context.snippets
+    assert snippet.text == "First sentence here." and (snippet.start, snippet.end) == (0, 20)
+    [cut] = context.dropped
+    assert (cut.passage_id, cut.reason, cut.start, cut.end) == ("0", "budget", 21, len(text))
+    assert text[cut.start:cut.end].startswith("Second sentence")

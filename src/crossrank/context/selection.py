@@ -310,6 +310,9 @@ class ContextSelector:
                                                  piece.probability, f"{remaining} tokens left"))
                     continue
                 fitted_piece, cost = fitted
+                if fitted_piece.last < merged.last:  # cut to its leading sentences: the rest is left out, say so
+                    dropped.append(self._dropped(passages, merged.passage, fitted_piece.last + 1, merged.last,
+                                                 "budget", piece.probability, f"cut: {remaining} tokens left"))
                 if replaced:
                     remaining += sum(cost_of_chosen[n] for n in replaced)
                     chosen[replaced[0]], cost_of_chosen[replaced[0]] = fitted_piece, cost
