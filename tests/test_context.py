@@ -186,3 +186,13 @@ def test_a_passage_cut_to_its_leading_sentences_traces_the_rest():
     [cut] = context.dropped
     assert (cut.passage_id, cut.reason, cut.start, cut.end) == ("0", "budget", 21, len(text))
     assert text[cut.start:cut.end].startswith("Second sentence")
+
+
+def test_a_blank_passage_is_traced_not_silently_lost():
+    selector = ContextSelector(Stub({}), granularity="passage", min_probability=0, duplicate_cosine=None)
+    context = selector.select("q", ["Alpha beta.", "  \n\t ", ""], 100)
+    assert [s.passage_id for s in context.snippets] == ["0"]
+    assert [(d.passage_id, d.reason, d.start, d.end) for d in context.dropped] == [("1", "empty", 0, 5),
+                                                                                   ("2", "empty", 0, 0)]
+    only_blank = selector.select("q", [" ", ""], 100)
+    assert only_blank.abstained and "blank" in only_blank.reason and len(only_blank.dropped) == 2

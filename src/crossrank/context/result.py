@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 Style = Literal["numbered", "xml", "markdown"]
 STYLES: tuple[Style, ...] = ("numbered", "xml", "markdown")
 SEPARATOR = "\n\n"
-DropReason = Literal["floor", "duplicate", "budget"]
+DropReason = Literal["empty", "floor", "duplicate", "budget"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class Snippet:
 
 @dataclass(frozen=True)
 class Dropped:
-    """Evidence left out: `floor` (probability below the relevance floor), `duplicate` (same or near-same text as
-    a kept snippet: `detail` names it) or `budget` (did not fit in what was left)."""
+    """Evidence left out: `empty` (a blank passage: nothing to quote), `floor` (probability below the relevance
+    floor), `duplicate` (same or near-same text as a kept snippet: `detail` names it) or `budget` (did not fit in
+    what was left)."""
 
     doc_id: str
     passage_id: str

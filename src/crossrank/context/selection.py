@@ -172,13 +172,17 @@ class ContextSelector:
             if filters is not None:
                 raise ValueError("filters apply to an index; filter a candidate list before passing it")
             candidates, logits = self._coerce(source), None
-        passages = self._score_passages(query, candidates, logits)
+        scored = self._score_passages(query, candidates, logits)
+        passages = [p for p in scored if p.sentences]  # a blank passage has nothing to quote
+        dropped = [Dropped(p.candidate.doc_id, p.candidate.id, 0, len(p.candidate.text), "empty", p.probability,
+                           "no text to quote") for p in scored if not p.sentences]
         kept = [i for i, p in enumerate(passages) if self.model is None or p.probability >= self.min_probability]
-        dropped = [self._dropped(passages, i, 0, len(p.sentences) - 1, "floor", p.probability)
-                   for i, p in enumerate(passages) if i not in set(kept)]
+        dropped += [self._dropped(passages, i, 0, len(p.sentences) - 1, "floor", p.probability)
+                    for i, p in enumerate(passages) if i not in set(kept)]
         if not kept:
             best = max((p.probability for p in passages), default=None)
-            reason = ("no candidates to select from" if not passages else
+            reason = ("no candidates to select from" if not scored else
+                      "every candidate is blank: no text to select from" if not passages else
                       f"no passage reached the relevance floor: best probability {best:.3f} < "
                       f"min_probability {self.min_probability}")
             return self._context(query, budget, [], passages, dropped, abstained=True, reason=reason)
@@ -223,7 +227,7 @@ class ContextSelector:
                                                                        strict=True)):
             sentences = [_stripped(candidate.text, *span) for span in sentence_spans(candidate.text)]
             passages.append(_Passage(candidate, position, sentences, float(logit), float(probability)))
-        return [p for p in passages if p.sentences]  # a blank passage has nothing to quote
+        return passages
 
     def _pieces(self, query: str, passages: list[_Passage], kept: list[int]) -> list[_Piece]:
         """What packing may choose from, best first."""
