@@ -196,3 +196,15 @@ def test_a_blank_passage_is_traced_not_silently_lost():
                                                                                    ("2", "empty", 0, 0)]
     only_blank = selector.select("q", [" ", ""], 100)
     assert only_blank.abstained and "blank" in only_blank.reason and len(only_blank.dropped) == 2
+
+
+def test_mmr_without_a_model_is_refused_not_silently_ignored():
+    """Without a model every probability is NaN, so MMR's argmax always took the first piece: refuse it."""
+    with pytest.raises(ValueError, match="mmr_lambda=1"):
+        ContextSelector(None, Encoder("cat"), min_probability=0, mmr_lambda=0.5)
+    documents = ["cat one.", "cat two.", "dog three."]
+    logits = {"cat one.": 3, "cat two.": 2, "dog three.": 1}
+    selector = ContextSelector(Stub(logits), Encoder("cat"), granularity="passage", min_probability=0,
+                               duplicate_cosine=None, mmr_lambda=0.5)
+    context = selector.select("q", documents, 35)  # room for two of the three (xml blocks of 14-15 tokens)
+    assert [s.text for s in context.snippets] == ["cat one.", "dog three."]  # the novel one beats "cat two."

@@ -134,6 +134,9 @@ class ContextSelector:
         if model is None and min_probability > 0:
             raise ValueError("a relevance floor needs a cross-encoder's probabilities: pass a model or "
                              "min_probability=0")
+        if model is None and mmr_lambda < 1:  # MMR weighs probabilities: NaN without a model, so it never acted
+            raise ValueError("maximal marginal relevance needs a cross-encoder's probabilities: pass a model or "
+                             "mmr_lambda=1")
         self.model, self._encoder = model, encoder
         self.granularity, self.order, self.neighbours, self.candidates = granularity, order, neighbours, candidates
         self.min_probability, self.sentence_weight = float(min_probability), float(sentence_weight)
