@@ -208,3 +208,49 @@ def test_mmr_without_a_model_is_refused_not_silently_ignored():
                                duplicate_cosine=None, mmr_lambda=0.5)
     context = selector.select("q", documents, 35)  # room for two of the three (xml blocks of 14-15 tokens)
     assert [s.text for s in context.snippets] == ["cat one.", "dog three."]  # the novel one beats "cat two."
+
+
+# ---- an index as the source -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory: pytest.TempPathFactory, tiny_index_config):
+    from crossrank.store import Index
+    from crossrank.types import Document
+
+    index = Index.create(tmp_path_factory.mktemp("context-index") / "index", tiny_index_config)
+    long = " ".join(f"Volcano sentence {i} mentions lava flow number {i}." for i in range(30))
+    index.add([Document(long, title="Volcanoes <&>", id="v", metadata={"lang": "en"}),
+               Document("Glaciers move slowly and carve valleys.", title="Glaciers", id="g", metadata={"lang": "en"}),
+               Document("Lava cools into basalt rock. Basalt is dark.", title="Basalt", id="b",
+                        metadata={"lang": "de"})])
+    index.commit()
+    yield index
+    index.close()
+
+
+def test_an_index_source_carries_passage_and_doc_ids_and_applies_filters(tiny, small_index):
+    passages = {p.id: p for doc in ("v", "g", "b") for p in small_index.passages(doc)}
+    assert len(passages) > 3  # the long document is several passages
+    for granularity in ("passage", "sentence"):
+        selector = ContextSelector(tiny, granularity=granularity, min_probability=0, duplicate_cosine=None)
+        context = selector.select("lava basalt", small_index, 400)
+        assert context.snippets and context.tokens <= 400
+        for snippet in context.snippets:
+            passage = passages[snippet.passage_id]
+            assert snippet.doc_id == passage.doc_id and snippet.title == passage.title
+            assert snippet.text == passage.text[snippet.start:snippet.end]
+            assert snippet.metadata["lang"] == passage.metadata["lang"]
+        traced = {s.passage_id for s in context.snippets} | {d.passage_id for d in context.dropped}
+        assert traced == set(passages)  # candidates=50 reaches every passage: each quoted or traced
+
+        german = selector.select("lava basalt", small_index, 400, filters={"lang": "de"})
+        assert {s.doc_id for s in german.snippets} == {"b"}
+        assert {d.doc_id for d in german.dropped} <= {"b"}
+        nothing = selector.select("lava", small_index, 400, filters={"lang": "fr"})
+        assert nothing.abstained and "no candidates" in nothing.reason
+    with pytest.raises(ValueError, match="unknown filter field"):
+        selector.select("lava", small_index, 400, filters={"colour": "red"})
+    first_stage = ContextSelector(None, min_probability=0, duplicate_cosine=None, granularity="passage")
+    context = first_stage.select("lava basalt", small_index, 400)
+    assert context.snippets and all(s.doc_id in ("v", "g", "b") for s in context.snippets)
