@@ -254,3 +254,13 @@ def test_an_index_source_carries_passage_and_doc_ids_and_applies_filters(tiny, s
     first_stage = ContextSelector(None, min_probability=0, duplicate_cosine=None, granularity="passage")
     context = first_stage.select("lava basalt", small_index, 400)
     assert context.snippets and all(s.doc_id in ("v", "g", "b") for s in context.snippets)
+
+
+def test_containment_is_by_whole_words_not_any_substring():
+    """"Yes." is not a duplicate of "I closed my eyes.", nor "No." of "Casino." (they were, by substring)."""
+    documents = ["I closed my eyes.", "Yes.", "Casino night.", "No.", "My eyes.", "Eyes closed."]
+    logits = dict(zip(documents, [5, 4, 3, 2, 1, 0], strict=True))
+    selector = ContextSelector(Stub(logits), granularity="passage", min_probability=0, duplicate_cosine=None)
+    context = selector.select("q", documents, 1000)
+    assert [s.text for s in context.snippets] == ["I closed my eyes.", "Yes.", "Casino night.", "No.", "Eyes closed."]
+    assert [(d.passage_id, d.reason, d.detail) for d in context.dropped] == [("4", "duplicate", "same as 0")]

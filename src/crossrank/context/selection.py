@@ -351,9 +351,10 @@ class ContextSelector:
     def _duplicate_of(self, passages: list[_Passage], piece: _Piece, vector: np.ndarray | None,
                       chosen: list[_Piece], vectors: list[np.ndarray]) -> str | None:
         text = _normalised(self._text(passages[piece.passage], piece.first, piece.last))
+        inside = re.compile(rf"(?<!\w){re.escape(text)}(?!\w)")  # whole words: "yes." is not inside "my eyes."
         for other in chosen:
-            if other.passage != piece.passage and text in _normalised(
-                    self._text(passages[other.passage], other.first, other.last)):
+            if other.passage != piece.passage and inside.search(
+                    _normalised(self._text(passages[other.passage], other.first, other.last))):
                 return passages[other.passage].candidate.id
         if vector is not None and vectors and self.duplicate_cosine is not None:
             similarity = np.stack(vectors) @ vector
