@@ -264,3 +264,12 @@ def test_containment_is_by_whole_words_not_any_substring():
     context = selector.select("q", documents, 1000)
     assert [s.text for s in context.snippets] == ["I closed my eyes.", "Yes.", "Casino night.", "No.", "Eyes closed."]
     assert [(d.passage_id, d.reason, d.detail) for d in context.dropped] == [("4", "duplicate", "same as 0")]
+
+
+def test_an_unknown_style_is_refused_even_for_an_empty_context():
+    """An abstained context rendered no block, so a misspelt style passed until a context had snippets."""
+    context = ContextSelector(Stub({}, default=-10), min_probability=0.5, duplicate_cosine=None).select(
+        "q", ["Nothing relevant."], 100)
+    assert context.abstained and context.render("xml") == ""
+    with pytest.raises(ValueError, match="style must be one of"):
+        context.render("html")

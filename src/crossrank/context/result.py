@@ -90,6 +90,8 @@ class Context:
 
     def render(self, style: Style = "numbered") -> str:
         """The context as prompt text; each snippet opens with its citation marker ([1], id="1", **[1]**)."""
+        if style not in STYLES:  # here too: an empty context renders no block that would check it
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
         return render_snippets(style, self.snippets)
 
     @property
