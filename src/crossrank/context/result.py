@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 Style = Literal["numbered", "xml", "markdown"]
 STYLES: tuple[Style, ...] = ("numbered", "xml", "markdown")
 SEPARATOR = "\n\n"
-DropReason = Literal["floor", "duplicate", "budget"]
+DropReason = Literal["empty", "floor", "duplicate", "budget"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class Snippet:
 
 @dataclass(frozen=True)
 class Dropped:
-    """Evidence left out: `floor` (probability below the relevance floor), `duplicate` (same or near-same text as
-    a kept snippet: `detail` names it) or `budget` (did not fit in what was left)."""
+    """Evidence left out: `empty` (a blank passage: nothing to quote), `floor` (probability below the relevance
+    floor), `duplicate` (same or near-same text as a kept snippet: `detail` names it) or `budget` (did not fit in
+    what was left)."""
 
     doc_id: str
     passage_id: str
@@ -89,6 +90,8 @@ class Context:
 
     def render(self, style: Style = "numbered") -> str:
         """The context as prompt text; each snippet opens with its citation marker ([1], id="1", **[1]**)."""
+        if style not in STYLES:  # here too: an empty context renders no block that would check it
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
         return render_snippets(style, self.snippets)
 
     @property

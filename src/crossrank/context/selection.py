@@ -134,6 +134,9 @@ class ContextSelector:
         if model is None and min_probability > 0:
             raise ValueError("a relevance floor needs a cross-encoder's probabilities: pass a model or "
                              "min_probability=0")
+        if model is None and mmr_lambda < 1:  # MMR weighs probabilities: NaN without a model, so it never acted
+            raise ValueError("maximal marginal relevance needs a cross-encoder's probabilities: pass a model or "
+                             "mmr_lambda=1")
         self.model, self._encoder = model, encoder
         self.granularity, self.order, self.neighbours, self.candidates = granularity, order, neighbours, candidates
         self.min_probability, self.sentence_weight = float(min_probability), float(sentence_weight)
@@ -181,13 +184,17 @@ class ContextSelector:
             if filters is not None:
                 raise ValueError("filters apply to an index; filter a candidate list before passing it")
             candidates, logits = self._coerce(source), None
-        passages = self._score_passages(query, candidates, logits)
+        scored = self._score_passages(query, candidates, logits)
+        passages = [p for p in scored if p.sentences]  # a blank passage has nothing to quote
+        dropped = [Dropped(p.candidate.doc_id, p.candidate.id, 0, len(p.candidate.text), "empty", p.probability,
+                           "no text to quote") for p in scored if not p.sentences]
         kept = [i for i, p in enumerate(passages) if self.model is None or p.probability >= self.min_probability]
-        dropped = [self._dropped(passages, i, 0, len(p.sentences) - 1, "floor", p.probability)
-                   for i, p in enumerate(passages) if i not in set(kept)]
+        dropped += [self._dropped(passages, i, 0, len(p.sentences) - 1, "floor", p.probability)
+                    for i, p in enumerate(passages) if i not in set(kept)]
         if not kept:
             best = max((p.probability for p in passages), default=None)
-            reason = ("no candidates to select from" if not passages else
+            reason = ("no candidates to select from" if not scored else
+                      "every candidate is blank: no text to select from" if not passages else
                       f"no passage reached the relevance floor: best probability {best:.3f} < "
                       f"min_probability {self.min_probability}")
             return self._context(query, budget, [], passages, dropped, abstained=True, reason=reason)
@@ -201,7 +208,7 @@ class ContextSelector:
                     ) -> tuple[list[Candidate], list[float] | None]:
         if index.count()["passages"] == 0:
             raise ValueError(f"the index at {index.path} holds no documents: add some with `crossrank index`")
-        pipeline = search_pipeline(index, index.retrievers(), reranker=self.model, rerank_k=self.candidates,
+        pipeline = search_pipeline(index, index.retrievers, reranker=self.model, rerank_k=self.candidates,
                                    first_stage_weight=None, k=self.candidates)
         found = pipeline.search(query, filters=filters).candidates
         if self.model is None:
@@ -232,7 +239,7 @@ class ContextSelector:
                                                                        strict=True)):
             sentences = [_stripped(candidate.text, *span) for span in sentence_spans(candidate.text)]
             passages.append(_Passage(candidate, position, sentences, float(logit), float(probability)))
-        return [p for p in passages if p.sentences]  # a blank passage has nothing to quote
+        return passages
 
     def _pieces(self, query: str, passages: list[_Passage], kept: list[int]) -> list[_Piece]:
         """What packing may choose from, best first."""
@@ -288,8 +295,8 @@ class ContextSelector:
         dropped: list[Dropped] = []
         remaining = budget
         queue = list(pieces)
+        costs = self._cost(passages, queue, marker)  # once: a piece's cost at the widest marker never changes
         while queue:
-            costs = self._cost(passages, queue, marker)
             window, spent = [], 0
             for piece, cost in zip(queue, costs, strict=True):  # enough to fill the budget left twice over
                 if spent >= WINDOW_FACTOR * remaining:
@@ -300,7 +307,7 @@ class ContextSelector:
                 dropped += [self._dropped(passages, p.passage, p.first, p.last, "budget", p.probability,
                                           "the budget is spent") for p in queue]
                 break
-            queue = queue[len(window):]
+            queue, costs = queue[len(window):], costs[len(window):]
             embeddings = self._embed(passages, window)
             while window:
                 pick = self._next(window, embeddings, vectors)
@@ -313,16 +320,22 @@ class ContextSelector:
                                                  piece.probability, f"same as {duplicate}"))
                     continue
                 merged, replaced = self._merged(piece, chosen)
-                fitted = self._fit(passages, merged, marker, remaining + (cost_of_chosen[replaced]
-                                                                        if replaced is not None else 0))
+                fitted = self._fit(passages, merged, marker, remaining + sum(cost_of_chosen[n] for n in replaced))
                 if fitted is None:
                     dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "budget",
                                                  piece.probability, f"{remaining} tokens left"))
                     continue
                 fitted_piece, cost = fitted
-                if replaced is not None:
-                    remaining += cost_of_chosen[replaced]
-                    chosen[replaced], cost_of_chosen[replaced] = fitted_piece, cost
+                if fitted_piece.last < merged.last:  # cut to its leading sentences: the rest is left out, say so
+                    dropped.append(self._dropped(passages, merged.passage, fitted_piece.last + 1, merged.last,
+                                                 "budget", piece.probability, f"cut: {remaining} tokens left"))
+                if replaced:
+                    remaining += sum(cost_of_chosen[n] for n in replaced)
+                    chosen[replaced[0]], cost_of_chosen[replaced[0]] = fitted_piece, cost
+                    for n in reversed(replaced[1:]):  # bridged into the first: one snippet, not overlapping ones
+                        del chosen[n], cost_of_chosen[n]
+                        if vectors:
+                            del vectors[n]
                 else:
                     chosen.append(fitted_piece)
                     cost_of_chosen.append(cost)
@@ -347,26 +360,31 @@ class ContextSelector:
     def _duplicate_of(self, passages: list[_Passage], piece: _Piece, vector: np.ndarray | None,
                       chosen: list[_Piece], vectors: list[np.ndarray]) -> str | None:
         text = _normalised(self._text(passages[piece.passage], piece.first, piece.last))
+        inside = re.compile(rf"(?<!\w){re.escape(text)}(?!\w)")  # whole words: "yes." is not inside "my eyes."
         for other in chosen:
-            if other.passage != piece.passage and text in _normalised(
-                    self._text(passages[other.passage], other.first, other.last)):
+            if other.passage != piece.passage and inside.search(
+                    _normalised(self._text(passages[other.passage], other.first, other.last))):
                 return passages[other.passage].candidate.id
         if vector is not None and vectors and self.duplicate_cosine is not None:
             similarity = np.stack(vectors) @ vector
+            _, merging = self._merged(piece, chosen)
+            similarity[merging] = -np.inf  # what it overlaps or touches in its own passage it joins, not repeats
             best = int(np.argmax(similarity))
             if similarity[best] >= self.duplicate_cosine:  # vectors[n] is chosen[n]'s (a merge keeps the first)
                 return f"{passages[chosen[best].passage].candidate.id} (cosine {similarity[best]:.3f})"
         return None
 
     @staticmethod
-    def _merged(piece: _Piece, chosen: list[_Piece]) -> tuple[_Piece, int | None]:
-        """A piece touching or overlapping a chosen piece of the same passage joins it as one snippet."""
-        for n, other in enumerate(chosen):
-            if other.passage == piece.passage and piece.first <= other.last + 1 and other.first <= piece.last + 1:
-                return replace(other, first=min(piece.first, other.first), last=max(piece.last, other.last),
-                               logit=max(piece.logit, other.logit),
-                               probability=max(piece.probability, other.probability)), n
-        return piece, None
+    def _merged(piece: _Piece, chosen: list[_Piece]) -> tuple[_Piece, list[int]]:
+        """A piece touching or overlapping chosen pieces of the same passage joins them as one snippet (all of
+        them: a piece between two chosen ones bridges them). Returns the merged piece and the indices it replaces."""
+        replaced = [n for n, other in enumerate(chosen) if other.passage == piece.passage
+                    and piece.first <= other.last + 1 and other.first <= piece.last + 1]
+        if not replaced:
+            return piece, []
+        group = [piece] + [chosen[n] for n in replaced]
+        return replace(chosen[replaced[0]], first=min(p.first for p in group), last=max(p.last for p in group),
+                       logit=max(p.logit for p in group), probability=max(p.probability for p in group)), replaced
 
     def _fit(self, passages: list[_Passage], piece: _Piece, marker: int, room: int) -> tuple[_Piece, int] | None:
         """The piece if it fits in `room`; a whole passage may be cut to its leading sentences; else None."""

@@ -40,11 +40,13 @@ class TokenizerTokens:
     """A Hugging Face `tokenizers` tokenizer, loaded from a local tokenizer.json (nothing is downloaded)."""
 
     def __init__(self, tokenizer: Tokenizer, name: str) -> None:
-        """Counts with a copy of `tokenizer` without padding or truncation: a model's tokenizer.json often pads
-        to a fixed length or cuts at its maximum, and either would misstate what a text costs."""
-        self.tokenizer, self.name = Tokenizer.from_str(tokenizer.to_str()), name
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        # A tokenizer.json often ships truncation and padding (MiniLM's: both at 128), which would count every text
+        # as that many tokens: a long snippet under-counted past the budget. Count on a copy with both off.
+        if tokenizer.truncation is not None or tokenizer.padding is not None:
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+        self.tokenizer, self.name = tokenizer, name
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TokenizerTokens:
