@@ -192,7 +192,7 @@ class ContextSelector:
                     ) -> tuple[list[Candidate], list[float] | None]:
         if index.count()["passages"] == 0:
             raise ValueError(f"the index at {index.path} holds no documents: add some with `crossrank index`")
-        pipeline = search_pipeline(index, index.retrievers(), reranker=self.model, rerank_k=self.candidates,
+        pipeline = search_pipeline(index, index.retrievers, reranker=self.model, rerank_k=self.candidates,
                                    first_stage_weight=None, k=self.candidates)
         found = pipeline.search(query, filters=filters).candidates
         if self.model is None:
