@@ -37,9 +37,17 @@ class EstimatedTokens:
 
 
 class TokenizerTokens:
-    """A Hugging Face `tokenizers` tokenizer, loaded from a local tokenizer.json (nothing is downloaded)."""
+    """A Hugging Face `tokenizers` tokenizer, loaded from a local tokenizer.json (nothing is downloaded).
+
+    Counts use a copy with padding and truncation switched off: many tokenizer.json files pad or truncate to a
+    fixed length (a BERT one pads every text to 128), which would count every text the same and let a long one
+    through as if it were short."""
 
     def __init__(self, tokenizer: Tokenizer, name: str) -> None:
+        if tokenizer.padding is not None or tokenizer.truncation is not None:
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())  # the caller's tokenizer stays as it was
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
         self.tokenizer, self.name = tokenizer, name
 
     @classmethod
