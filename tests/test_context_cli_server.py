@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from crossrank.cli import app
 from crossrank.cli import context as context_cli
 from crossrank.context import (
+    DEFAULT_MIN_PROBABILITY,
     GRANULARITIES,
     MAX_BUDGET_TOKENS,
     ORDERS,
@@ -22,6 +24,10 @@ from crossrank.context import (
     TokenizerTokens,
     token_counter,
 )
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.server.app import create_app
+from crossrank.server.config import ServerConfig, parse_context_tokenizers
+from crossrank.server.scoring import EncoderScorer
 from crossrank.store import Index
 from crossrank.types import Document
 
@@ -168,3 +174,136 @@ def test_cli_bad_input_is_one_clear_line_and_leaves_the_index_alone(index_dir: P
     assert out_of_range.exit_code == 2 and "--min-probability" in out_of_range.output
     assert {path: (snapshot(path), generation(path)) for path in (index_dir, empty)} == before
     assert not (tmp_path / "missing").exists()
+
+
+# ---- POST /v1/context -------------------------------------------------------------------------------------------
+
+KEY = "context-key"
+
+
+class CountingScorer(EncoderScorer):
+    """The server's scorer, counting the pairs each call receives: proves /v1/context scores through it."""
+
+    def __init__(self, encoder: CrossEncoder) -> None:
+        super().__init__(encoder)
+        self.calls: list[int] = []
+
+    def __call__(self, queries, texts, token_caps):
+        self.calls.append(len(texts))
+        return super().__call__(queries, texts, token_caps)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> CrossEncoder:
+    return CrossEncoder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_index_config, tiny_model_dir: Path, encoder: CrossEncoder):
+    """A client on an app with two indexes on disk (one empty), the tiny model's tokenizer configured as "bert",
+    an API key and small limits; yields (client, scorer, index root)."""
+    root = tmp_path / "indexes"
+    build_index(root / "docs", tiny_index_config)
+    build_index(root / "empty", tiny_index_config, documents=[])
+    config = ServerConfig(index_root=root, api_keys=frozenset({KEY}), max_documents=20,
+                          max_chars_per_document=500, max_request_tokens=2000,
+                          context_tokenizers={"bert": tiny_model_dir})
+    scorer = CountingScorer(encoder)
+    with TestClient(create_app(config, scorer), headers={"Authorization": f"Bearer {KEY}"}) as client:
+        yield client, scorer, root
+
+
+def ask(client: TestClient, **fields):
+    body = {"index": "docs", "query": QUESTION, "budget_tokens": 200, "candidates": 10, **fields}
+    return client.post("/v1/context", json=body)
+
+
+def test_http_context_scores_through_the_servers_batcher(served):
+    client, scorer, root = served
+    before = snapshot(root / "docs")
+    response = ask(client, min_probability=0)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["index"] == "docs" and body["model"] == scorer.name and body["style"] == "numbered"
+    assert body["abstained"] is False and 0 < body["tokens"] <= body["budget"] == 200
+    assert body["rendered"].startswith("[1] ") and body["tokenizer"].startswith("estimate")
+    assert [s["marker"] for s in body["snippets"]] == list(range(1, len(body["snippets"]) + 1))
+    assert len(scorer.calls) >= 2  # the passages, then their sentences: both through the server's scorer
+    xml = ask(client, min_probability=0, style="xml", granularity="passage", order="ends", tokenizer="bert").json()
+    assert xml["rendered"].startswith('<source id="1"') and xml["order"] == "ends"
+    assert xml["tokenizer"] == "bert"  # the configured name, never the server's path
+    abstained = ask(client, min_probability=1.0).json()
+    assert abstained["abstained"] is True and abstained["snippets"] == [] and abstained["rendered"] == ""
+    assert "relevance floor" in abstained["reason"]
+    filtered = ask(client, min_probability=0, filters={"lang": "es"}).json()
+    assert {s["doc_id"] for s in filtered["snippets"]} == {"madrid"}
+    client.app.state.indexes.close()
+    assert snapshot(root / "docs") == before
+
+
+def test_http_context_needs_the_key(served):
+    client, _, _ = served
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        response = client.post("/v1/context", json={"index": "docs", "query": QUESTION, "budget_tokens": 100},
+                               headers=headers)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("fields, status, fragment", [
+    ({"budget_tokens": 0}, 422, "budget_tokens"),
+    ({"budget_tokens": MAX_BUDGET_TOKENS + 1}, 422, "budget_tokens"),
+    ({"budget_tokens": "100"}, 422, "budget_tokens"),
+    ({"query": "  "}, 422, "query is empty"),
+    ({"query": "q" * 501}, 413, "max_chars_per_document"),
+    ({"index": "nowhere"}, 404, "no index named 'nowhere'"),
+    ({"index": "empty"}, 409, "holds no documents"),
+    ({"tokenizer": "llama3"}, 404, "no tokenizer named 'llama3' on this server; configured: bert"),
+    ({"tokenizer": "../../etc/passwd"}, 422, "tokenizer"),
+    ({"granularity": "paragraph"}, 422, "granularity"),
+    ({"min_probability": 1.5}, 422, "min_probability"),
+    ({"candidates": 21}, 413, "max_documents=20"),
+    ({"candidates": 20}, 413, "max_request_tokens=2000"),
+    ({"filters": {"colour": "red"}}, 409, "unknown filter field 'colour'"),
+    ({"budget": 100}, 422, "budget"),
+])
+def test_http_context_errors_are_clear(served, fields, status, fragment):
+    client, _, root = served
+    before = {name: snapshot(root / name) for name in ("docs", "empty")}
+    response = ask(client, **fields)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["message"] and str(root) not in response.json()["message"]
+    client.app.state.indexes.close()
+    assert {name: snapshot(root / name) for name in ("docs", "empty")} == before
+    assert not (root / "nowhere").exists()
+
+
+def test_openapi_documents_v1_context(served):
+    client, _, _ = served
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/context"]["post"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert {"401", "404", "409", "413", "422", "503"} <= set(operation["responses"])
+    request = spec["components"]["schemas"]["ContextRequest"]
+    assert request["required"] == ["index", "query", "budget_tokens"] and request["examples"]
+    fields = request["properties"]
+    assert fields["budget_tokens"]["maximum"] == MAX_BUDGET_TOKENS
+    assert fields["min_probability"]["default"] == DEFAULT_MIN_PROBABILITY  # the library's, not a copy
+    assert "--context-tokenizer" in fields["tokenizer"]["description"]
+    assert all(field.get("description") for name, field in fields.items() if name != "query")
+    response = spec["components"]["schemas"]["ContextResponse"]["properties"]
+    assert {"rendered", "snippets", "dropped", "abstained", "reason", "tokens", "budget"} <= set(response)
+
+
+def test_context_tokenizer_flag_is_checked_before_serving(tmp_path: Path, tiny_model_dir: Path):
+    assert parse_context_tokenizers([f"bert={tiny_model_dir}", "x=/t.json"]) == {"bert": tiny_model_dir,
+                                                                                 "x": Path("/t.json")}
+    for spec in ("no-equals", "=path", "name="):
+        with pytest.raises(ValueError, match="NAME=PATH"):
+            parse_context_tokenizers([spec])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_context_tokenizers(["a=x", "a=y"])
+    with pytest.raises(ValueError, match="context tokenizer name"):
+        ServerConfig(context_tokenizers={"../up": tiny_model_dir})
+    for spec, expected in [("nonsense", "NAME=PATH"), (f"bert={tmp_path / 'missing'}", "tokenizer not found")]:
+        result = runner.invoke(app, ["serve", "--context-tokenizer", spec])
+        assert result.exit_code == 2 and expected in result.stderr and "Traceback" not in result.output, result.output
