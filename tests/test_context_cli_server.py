@@ -89,6 +89,26 @@ def test_a_tokenizer_that_pads_or_truncates_is_counted_unpadded(tiny_model_dir: 
     assert raw.padding is not None and raw.truncation is not None  # the caller's tokenizer is not changed
 
 
+def test_packing_counts_each_piece_once_not_once_per_round():
+    """Packing recounted every remaining piece in every round: quadratic, 20 s for 500 sentences with a real
+    tokenizer. Each piece is now counted once (and once more when it is tried)."""
+    from crossrank.context import ContextSelector, EstimatedTokens
+
+    class Counting(EstimatedTokens):
+        counted = 0
+
+        def count(self, texts):
+            Counting.counted += len(texts)
+            return super().count(texts)
+
+    sentences = [f"Sentence {i} is about topic {i % 7} and nothing else." for i in range(200)]
+    documents = [" ".join(sentences[i:i + 10]) for i in range(0, 200, 10)]
+    selector = ContextSelector(None, min_probability=0, duplicate_cosine=None, tokenizer=Counting())
+    context = selector.select("topic 3", documents, budget_tokens=60)
+    assert context.snippets and context.tokens <= 60
+    assert Counting.counted < 10 * len(sentences)  # was about 3 * 200² / 2 = 60,000
+
+
 # ---- crossrank context ----------------------------------------------------------------------------------------
 
 
