@@ -106,7 +106,10 @@ def context(
         raise fail(message) from exc
     payload = {**selected.to_dict(), "style": style, "rendered": selected.render(style)}
     if json_path is not None:
-        json_path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        try:
+            json_path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"--json {json_path}: {exc.strerror or exc}") from exc
     if output_format == "json":
         typer.echo(json.dumps(payload, ensure_ascii=False))
         return
