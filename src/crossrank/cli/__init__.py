@@ -2,6 +2,7 @@
 
 from crossrank.cli import adapt  # noqa: F401  (registers commands)
 from crossrank.cli import bench  # noqa: F401  (registers commands)
+from crossrank.cli import context  # noqa: F401  (registers commands)
 from crossrank.cli import evaluate  # noqa: F401  (registers commands)
 from crossrank.cli import index  # noqa: F401  (registers commands)
 from crossrank.cli import ltr  # noqa: F401  (registers commands)

@@ -10,7 +10,7 @@ import typer
 
 app = typer.Typer(
     name="crossrank",
-    help="Multi-stage neural ranking: index, search, rerank, train, evaluate, export, serve.",
+    help="Multi-stage neural ranking: index, search, rerank, select LLM context, train, evaluate, export, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -61,5 +61,5 @@ def _log_to_stderr() -> None:
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
-    """Multi-stage neural ranking: index, search, rerank, train, evaluate, export, serve."""
+    """Multi-stage neural ranking: index, search, rerank, select LLM context, train, evaluate, export, serve."""
     _log_to_stderr()

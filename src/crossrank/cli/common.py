@@ -7,6 +7,7 @@ line, and how text is cut for the terminal.
 - `--format`: what is printed on stdout (a table or text for people, JSON lines for programs).
 - `-o/--out PATH`: the file or folder a command writes; `--json PATH`: also write the results table as JSON.
 - `--seed N`: every random choice a command makes.
+- `-f/--filter FIELD=VALUE` (also >=, <=, >, <, !=): metadata filters, as `search` and `context` parse them.
 Errors go to stderr as one `error: ...` line and exit 2 (bad input) or 1 (nothing to do).
 """
 

@@ -52,8 +52,12 @@ def serve(
                                           "MAX_OPEN_INDEXES", "--max-open-indexes")] = 16,
     api_keys_file: Annotated[Path | None, _opt("File of API keys, one a line (also CROSSRANK_API_KEYS, "
                                                "comma-separated).", "API_KEYS_FILE", "--api-keys-file")] = None,
-    index_root: Annotated[Path | None, _opt("Directory of named indexes for /search.", "INDEX_ROOT",
+    index_root: Annotated[Path | None, _opt("Directory of named indexes for /search and /v1/context.", "INDEX_ROOT",
                                             "--index-root")] = None,
+    context_tokenizers: Annotated[list[str] | None, _opt(
+        "NAME=PATH: a tokenizer.json (or a folder holding one) /v1/context requests may count budgets with, by "
+        "NAME (repeatable; CROSSRANK_CONTEXT_TOKENIZER takes space-separated pairs).", "CONTEXT_TOKENIZER",
+        "--context-tokenizer")] = None,
     drain_seconds: Annotated[float, _opt("Graceful drain on SIGTERM.", "DRAIN_SECONDS", "--drain-seconds")] = 30.0,
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _opt(
         "Log level.", "LOG_LEVEL", "--log-level")] = "info",
@@ -69,10 +73,14 @@ def serve(
     ray_address: Annotated[str | None, _opt("Join this Ray cluster ('auto' for the local head).", "RAY_ADDRESS",
                                             "--ray-address")] = None,
 ) -> None:
-    """Serve Cohere/Jina-compatible rerank endpoints (and /search) over HTTP."""
-    from crossrank.server.config import ServerConfig, read_api_keys
+    """Serve Cohere/Jina-compatible rerank endpoints (and /search, /v1/context) over HTTP."""
+    from crossrank.server.config import ServerConfig, parse_context_tokenizers, read_api_keys
     from crossrank.server.logs import configure_json_logging
 
+    try:
+        tokenizers = parse_context_tokenizers(context_tokenizers or [])
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     try:
         config = ServerConfig(
             model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
@@ -83,9 +91,16 @@ def serve(
             max_header_bytes=max_header_bytes, read_timeout_s=read_timeout, keep_alive_s=keep_alive,
             max_connections=max_connections, max_indexes=max_indexes, max_open_indexes=max_open_indexes,
             api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,
+            context_tokenizers=tokenizers,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    from crossrank.server.context import load_context_tokenizers
+
+    try:
+        load_context_tokenizers(config)  # a missing or unreadable file is one line here, not a failed startup
+    except (OSError, ValueError) as exc:
+        raise fail(f"--context-tokenizer: {exc}") from exc
     from crossrank.model.checkpoint import Checkpoint, CheckpointError
 
     try:

@@ -1,5 +1,6 @@
-"""The FastAPI app: Cohere v1/v2 and Jina rerank endpoints over the micro-batcher, plus health, readiness and
-metrics. `create_app(config)` loads the model in the lifespan; tests and Ray pass a ready scorer instead.
+"""The FastAPI app: Cohere v1/v2 and Jina rerank endpoints over the micro-batcher, /search and /v1/context on named
+indexes, plus health, readiness and metrics. `create_app(config)` loads the model in the lifespan; tests and Ray
+pass a ready scorer instead.
 
 Every error, from any layer (routing, validation, limits, the batcher, the store), is JSON `{"message": ...}`
 with the status the OpenAPI document declares; an unexpected failure is a 500 whose message carries an id to
@@ -32,6 +33,7 @@ from crossrank.server.batcher import (
     estimate_tokens,
 )
 from crossrank.server.config import ServerConfig
+from crossrank.server.context import DefaultEncoder, context_router, load_context_tokenizers
 from crossrank.server.indexes import IndexRegistry, index_router
 from crossrank.server.limits import BodySizeLimit
 from crossrank.server.metrics import Metrics
@@ -57,8 +59,9 @@ DOCUMENTS_PER_SEARCH_UNIT, TOKENS_PER_BILLED_DOCUMENT = 100, 500  # Cohere's bil
 ERROR_MEANINGS = {
     400: "The body is not valid JSON.",
     401: "Missing or wrong API key.",
-    404: "No such index or document.",
-    409: "The index is busy (another process holds its writer lock), damaged, or the index limit is reached.",
+    404: "No such index, document or context tokenizer.",
+    409: "The index is busy (another process holds its writer lock), damaged, empty (/v1/context), lacks a retriever "
+         "or filter field the request names, or the index limit is reached.",
     413: "The request exceeds a documented limit (the message names it).",
     422: "The request is well-formed JSON but invalid (the message says which field and why).",
     499: "The client disconnected before the answer was ready (logged; nobody receives it).",
@@ -113,8 +116,10 @@ def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastA
     app.state.ready = False
     app.state.indexes = IndexRegistry(config.index_root, max_indexes=config.max_indexes,
                                       max_open=config.max_open_indexes)
+    app.state.context_tokenizers = load_context_tokenizers(config)
+    app.state.context_encoder = DefaultEncoder()
     install_error_handlers(app)
-    routers = [ops_router(), rerank_router(), index_router()]
+    routers = [ops_router(), rerank_router(), index_router(), context_router()]
     for router in routers:
         app.include_router(router)
     app.state.routes = [route for router in routers for route in router.routes]  # for 405's Allow header

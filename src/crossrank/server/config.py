@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+TOKENIZER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class ServerConfig:
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     # Named indexes for /search live under this directory (None: search endpoints answer 404).
     index_root: Path | None = None
+    # Tokenizers /v1/context may count a budget with, by name: NAME -> a tokenizer.json (or a folder holding one).
+    # Requests pick one by name, so a client never names a file on the server.
+    context_tokenizers: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "slice_tokens",
@@ -59,6 +66,23 @@ class ServerConfig:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ValueError("API keys must be non-empty and carry no surrounding whitespace")
+        for name in self.context_tokenizers:
+            if not re.fullmatch(TOKENIZER_NAME, name):
+                raise ValueError(f"context tokenizer name {name!r}: use letters, digits, '_', '.', '-' (at most 64, "
+                                 "not starting with '.', '_' or '-')")
+
+
+def parse_context_tokenizers(specs: list[str]) -> dict[str, Path]:
+    """`NAME=PATH` pairs (`--context-tokenizer`), each PATH a tokenizer.json or a folder holding one."""
+    tokenizers: dict[str, Path] = {}
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator or not name.strip() or not path.strip():
+            raise ValueError(f"--context-tokenizer {spec!r}: expected NAME=PATH (e.g. llama3=/models/llama3)")
+        if name.strip() in tokenizers:
+            raise ValueError(f"--context-tokenizer: the name {name.strip()!r} is given twice")
+        tokenizers[name.strip()] = Path(path.strip()).expanduser()
+    return tokenizers
 
 
 def read_api_keys(env_value: str | None, file: Path | None) -> frozenset[str]:

@@ -10,14 +10,16 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 
+from crossrank.model.calibration import Calibrator
 from crossrank.model.cross_encoder import PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.server.auth import require_api_key
@@ -50,19 +52,36 @@ DocId = PathParam(min_length=1, max_length=512, pattern=NOT_BLANK,
 
 
 class BatchedModel:
-    """Stands in for a CrossEncoder in the pipeline's Rerank stage (which calls `score` from a worker thread),
-    routing the pairs through the server's micro-batcher on the event loop; `interpolation` is the loaded
-    model's shipped first-stage weight, the Rerank stage's default."""
+    """Stands in for a CrossEncoder in the pipeline's Rerank stage and in `ContextSelector` (which call `score`
+    from a worker thread), routing the pairs through the server's micro-batcher on the event loop; `interpolation`
+    is the loaded model's shipped first-stage weight, the Rerank stage's default, and `calibrate` its calibration
+    (what `probabilities` applies to logits the selector blends itself)."""
 
     def __init__(self, batcher: MicroBatcher, loop: asyncio.AbstractEventLoop, name: str,
-                 interpolation: FirstStageInterpolation | None) -> None:
+                 interpolation: FirstStageInterpolation | None,
+                 calibrate: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.batcher, self.loop, self.name, self.interpolation = batcher, loop, name, interpolation
+        self.calibrate = calibrate if calibrate is not None else Calibrator()
+
+    @classmethod
+    def serving(cls, request: Request) -> BatchedModel:
+        """The model behind this app's micro-batcher, for a request handled on the running event loop."""
+        app = request.app
+        batcher = getattr(app.state, "batcher", None)
+        if batcher is None:
+            raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
+        scorer = app.state.scorer
+        return cls(batcher, asyncio.get_running_loop(), str(scorer.name), getattr(scorer, "interpolation", None),
+                   getattr(scorer, "probabilities", None))
 
     def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores:
         texts = [document.content for document in documents]
         future = asyncio.run_coroutine_threadsafe(self.batcher.submit(list(queries), texts, [None] * len(texts)),
                                                   self.loop)
         return future.result()
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return self.calibrate(logits)
 
 
 @dataclass(eq=False)
@@ -235,11 +254,7 @@ def index_router() -> APIRouter:
             if unknown:
                 raise HTTPException(409, f"retrievers {unknown} not available; index {body.index!r} has "
                                          f"{index.retrievers}")
-            model = None
-            if body.rerank_k:
-                app = request.app
-                model = BatchedModel(app.state.batcher, asyncio.get_running_loop(), str(app.state.scorer.name),
-                                     getattr(app.state.scorer, "interpolation", None))
+            model = BatchedModel.serving(request) if body.rerank_k else None
             pipeline = search_pipeline(
                 index, names, first_k=body.first_k, reranker=model, rerank_k=body.rerank_k, k=body.k,
                 first_stage_weight="model" if body.first_stage_weight is None else body.first_stage_weight)

@@ -9,6 +9,7 @@ invalid."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -21,6 +22,9 @@ from pydantic import (
     model_validator,
 )
 from typing_extensions import TypedDict
+
+from crossrank.context import MAX_BUDGET_TOKENS, ContextSelector, Granularity, Order, Style
+from crossrank.server.config import TOKENIZER_NAME as CONFIGURED_TOKENIZER_NAME
 
 # At least one character str.strip() keeps. Spelled out because `\s` means different sets in Python, Rust (pydantic)
 # and ECMA (JSON Schema) regexes, and the published pattern must accept exactly what validation accepts.
@@ -234,23 +238,30 @@ class FilterRange(RequestBody):
 FilterCondition = FilterValue | Annotated[list[FilterValue], Field(min_length=1)] | FilterRange
 
 
+FILTERS_DESCRIPTION = ('Metadata filters, all of which must hold: {"lang": "en"} (equal), {"lang": ["en", "de"]} '
+                       '(any of), {"year": {"gte": 2020, "lt": 2024}} (range). A field no document in the index has '
+                       'is a 409 (so typos are caught).')
+
+
+def store_filters(filters: dict[str, FilterCondition] | None) -> dict[str, Any] | None:
+    """Request filters as `crossrank.store.filters` reads them."""
+    if filters is None:
+        return None
+    return {name: condition.model_dump(include=condition.model_fields_set)
+            if isinstance(condition, FilterRange) else condition for name, condition in filters.items()}
+
+
 class SearchRequest(RequestBody):
     """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
 
     index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
     query: QueryText
     k: int = Field(10, ge=1, le=1000, description="Results to return.")
-    filters: dict[str, FilterCondition] | None = Field(
-        None, description='Metadata filters, all of which must hold: {"lang": "en"} (equal), {"lang": ["en", "de"]} '
-                          '(any of), {"year": {"gte": 2020, "lt": 2024}} (range). A field no document in the index '
-                          'has is a 409 (so typos are caught).')
+    filters: dict[str, FilterCondition] | None = Field(None, description=FILTERS_DESCRIPTION)
 
     def filter_dict(self) -> dict[str, Any] | None:
         """The filters as `crossrank.store.filters` reads them."""
-        if self.filters is None:
-            return None
-        return {name: condition.model_dump(include=condition.model_fields_set)
-                if isinstance(condition, FilterRange) else condition for name, condition in self.filters.items()}
+        return store_filters(self.filters)
     retrievers: list[Literal["bm25", "dense"]] | None = Field(
         None, min_length=1, description="bm25 and/or dense (default: all the index has; dense on an index without "
                                         "vectors is a 409).")
@@ -311,3 +322,100 @@ class IndexChange(BaseModel):
 
 class IndexList(BaseModel):
     indexes: list[str]
+
+
+# ---- /v1/context ------------------------------------------------------------------------------------------------
+
+_SELECTOR_DEFAULTS = {name: parameter.default
+                      for name, parameter in inspect.signature(ContextSelector.__init__).parameters.items()}
+"""The library's defaults, so the published schema shows the numbers the selector actually uses."""
+
+TOKENIZER_NAME = f"^{CONFIGURED_TOKENIZER_NAME}$"
+
+
+class ContextRequest(RequestBody):
+    """Select cited evidence for an LLM from a named index: retrieve, rerank the top `candidates`, keep passages
+    over the relevance floor, drop duplicates and pack `budget_tokens` (see `crossrank.context`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"index": "docs", "query": "how are long documents scored?", "budget_tokens": 1500},
+        {"index": "docs", "query": "how are long documents scored?", "budget_tokens": 4000, "granularity": "passage",
+         "order": "ends", "style": "xml", "tokenizer": "llama3", "filters": {"lang": "en"}},
+    ]})
+
+    index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
+    query: QueryText
+    budget_tokens: int = Field(gt=0, le=MAX_BUDGET_TOKENS, description=(
+        "Tokens the whole rendered context may cost, in any style (counted with `tokenizer`, else estimated)."))
+    granularity: Granularity = Field(_SELECTOR_DEFAULTS["granularity"], description=(
+        "sentence: quote only the answering sentences of each passage; passage: whole passages (cut to their "
+        "leading sentences when the rest does not fit)."))
+    order: Order = Field(_SELECTOR_DEFAULTS["order"], description=(
+        "score: best first; document: each source's snippets together, in reading order; ends: best first and "
+        "last, weakest in the middle (against lost-in-the-middle in long contexts)."))
+    style: Style = Field("numbered", description=(
+        "How `rendered` is written: numbered ([1] title: text), xml (<source id=\"1\" ...>) or markdown; every "
+        "style opens each snippet with its citation marker and fits the budget."))
+    min_probability: float = Field(_SELECTOR_DEFAULTS["min_probability"], ge=0, le=1, description=(
+        "Relevance floor on the cross-encoder's calibrated probability; when no passage reaches it the answer is "
+        "an abstention (`abstained`: true, no snippets, `reason` says why)."))
+    candidates: int = Field(_SELECTOR_DEFAULTS["candidates"], ge=1, le=1000, description=(
+        "Passages the cross-encoder reads after retrieval and fusion (held to max_documents and "
+        "max_request_tokens like /search's rerank_k; 413 beyond)."))
+    neighbours: int = Field(_SELECTOR_DEFAULTS["neighbours"], ge=0, description=(
+        "Sentences either side of a selected sentence, for coherence (granularity sentence)."))
+    mmr_lambda: float = Field(_SELECTOR_DEFAULTS["mmr_lambda"], ge=0, le=1, description=(
+        "Below 1 trades relevance for novelty (maximal marginal relevance over bi-encoder embeddings)."))
+    filters: dict[str, FilterCondition] | None = Field(None, description=FILTERS_DESCRIPTION)
+    tokenizer: str | None = Field(None, pattern=TOKENIZER_NAME, description=(
+        "Name of a tokenizer the server was started with (`crossrank serve --context-tokenizer NAME=PATH`) to "
+        "count the budget exactly as the reading LLM will; an unknown name is a 404 that lists the configured ones. "
+        "Default: a conservative estimate from UTF-8 bytes. Clients never name server files."))
+
+    def filter_dict(self) -> dict[str, Any] | None:
+        return store_filters(self.filters)
+
+
+class ContextSnippet(BaseModel):
+    marker: int = Field(description="The citation marker: [marker] in the rendered text.")
+    doc_id: str
+    passage_id: str
+    title: str
+    text: str = Field(description="Exactly the passage's text[start:end], cut at sentence boundaries.")
+    start: int = Field(description="Character offset of the snippet in its passage.")
+    end: int
+    score: float = Field(description="The cross-encoder logit the snippet was selected by.")
+    probability: float = Field(description="Its calibrated probability.")
+    passage_probability: float = Field(description="The whole passage's, which the relevance floor applies to.")
+    tokens: int = Field(description="The most its rendered block costs in any style.")
+    metadata: dict[str, Any]
+
+
+class ContextDropped(BaseModel):
+    doc_id: str
+    passage_id: str
+    start: int
+    end: int
+    reason: Literal["floor", "duplicate", "budget"] = Field(description=(
+        "floor: below min_probability; duplicate: same or near-same text as a kept snippet (detail names it); "
+        "budget: did not fit in what was left."))
+    probability: float
+    detail: str
+
+
+class ContextResponse(BaseModel):
+    index: str
+    model: str = Field(description="The cross-encoder that scored the evidence.")
+    query: str
+    abstained: bool = Field(description="True when no passage reached the relevance floor: answer 'not found'.")
+    reason: str | None = Field(description="Why the context abstained (null otherwise).")
+    budget: int
+    tokens: int = Field(description="The rendered context's size in the style that costs most (≤ budget).")
+    tokenizer: str = Field(description="What counted the tokens: a configured tokenizer's name or the estimate.")
+    granularity: Granularity
+    order: Order
+    min_probability: float
+    style: Style
+    rendered: str = Field(description="The context as prompt text in `style`; empty when abstained.")
+    snippets: list[ContextSnippet] = Field(description="In prompt order, markers 1..n.")
+    dropped: list[ContextDropped] = Field(description="Evidence left out and why.")

@@ -43,6 +43,10 @@ class EncoderScorer:
         """The model's shipped first-stage weight, which /search applies by default."""
         return self.encoder.interpolation
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The model's calibrated probabilities for logits scored here (what /v1/context's floor reads)."""
+        return self.encoder.probabilities(logits)
+
     def __call__(self, queries: Sequence[str], texts: Sequence[str],
                  token_caps: Sequence[int | None]) -> PairScores:
         documents, tokens = self._truncate(queries, texts, token_caps)
