@@ -1,14 +1,18 @@
 """The LangChain compressor and the LlamaIndex postprocessor against the real packages (the `langchain` and
-`llamaindex` extras; the dev extra installs both, so they are imported here as plainly as cohere is elsewhere)."""
+`llamaindex` extras; the dev extra installs both, so they are imported here as plainly as cohere is elsewhere), and
+LangChain's Cohere reranker pointed at a live server."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import LiveServer
 from langchain_core.documents import Document as LangchainDocument
 from llama_index.core import schema as llama_schema
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -19,6 +23,7 @@ from crossrank.integrations.llamaindex import CrossrankContextPostprocessor
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.types import Document as CrossrankDocument
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUERY = "capital of France"
 TEXTS = [("Paris is the capital and largest city of France. It lies on the Seine. The Louvre is there. "
           "Millions of tourists visit every year."),
@@ -269,3 +274,29 @@ def test_a_missing_extra_names_the_install_command(monkeypatch, module, blocked,
     with pytest.raises(ImportError, match=rf"pip install 'crossrank\[{extra}\]'"):
         importlib.import_module(module)
 
+
+# ---- LangChain's Cohere reranker against `crossrank serve` ------------------------------------------------------
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_langchain_cohere_rerank_recipe_against_a_live_server(tiny_model_dir, tiny, tmp_path):
+    from crossrank.server.app import create_app
+    from crossrank.server.config import ServerConfig
+
+    recipe = load_example("langchain_cohere_rerank")
+    config = ServerConfig(model=str(tiny_model_dir), api_keys=frozenset({"key1"}), index_root=tmp_path)
+    documents = lc_documents()
+    with LiveServer(create_app(config)) as url:
+        reranker = recipe.served_reranker(url, api_key="key1", top_n=3)
+        out = reranker.compress_documents(documents, QUERY)
+        assert reranker.compress_documents([], QUERY) == []
+    expected = tiny.rank(QUERY, TEXTS, top_k=3)
+    assert [d.page_content for d in out] == [TEXTS[r.index] for r in expected]
+    assert [d.metadata["relevance_score"] for d in out] == pytest.approx([r.probability for r in expected], abs=1e-5)
+    assert [d.metadata["source"] for d in out] == [f"file{r.index}.md" for r in expected]
