@@ -59,3 +59,8 @@ def test_fine_tune(tmp_path, shared_datasets):
 def test_serve_and_call_with_cohere(tmp_path):
     output = run_example("serve_and_call_with_cohere.py", tmp_path).stdout
     assert output.startswith("best: document 0, relevance")  # Paris, not Berlin
+
+
+def test_langchain_cohere_rerank(tmp_path):
+    output = run_example("langchain_cohere_rerank.py", tmp_path).stdout
+    assert output.startswith("best: paris.md, relevance")  # Paris, not Berlin, through LangChain and the server
