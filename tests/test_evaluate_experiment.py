@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 from html.parser import HTMLParser
 from pathlib import Path
@@ -425,3 +426,40 @@ def test_failure_analysis_by_hand() -> None:
     assert (report.relevant_total, report.relevant_unretrieved, report.queries_with_unretrieved) == (4, 1, 1)
     assert report.unretrieved_examples[0]["doc_id"] == "lost"
     assert report.unretrieved_examples[0]["snippet"] == "(not in corpus)"
+
+
+def test_context_measures_count_documents_and_tokens() -> None:
+    from crossrank.context import Context, Snippet
+    from crossrank.evaluate.context import measure
+
+    def snip(doc: str, tokens: int) -> Snippet:
+        return Snippet(1, doc, doc, "", "t", 0, 1, 0.0, 0.5, 0.5, tokens)
+
+    context = Context("q", [snip("a", 30), snip("b", 10), snip("a", 20)], 100, 62, "estimate", "sentence", "score",
+                      0.0)
+    assert measure(context, {"a", "c"}) == {"recall": 0.5, "precision": 50 / 60, "tokens": 62.0}
+    empty = measure(Context("q", [], 100, 0, "estimate", "sentence", "score", 0.0, abstained=True), {"a"})
+    assert empty["recall"] == 0.0 and math.isnan(empty["precision"])
+
+
+def test_cli_eval_context_reports_every_budget_within_budget(beir_dir: Path, tiny_model_dir: Path,
+                                                              minilm_dir: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "context.json", tmp_path / "context.html"
+    result = CliRunner().invoke(app, [
+        "eval-context", str(beir_dir), "--run", "first", "--model", str(tiny_model_dir), "--budgets", "24,96",
+        "--min-probability", "0", "--tokenizer", str(minilm_dir), "--permutations", "50", "-o", str(out),
+        "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "context vs first-stage" in result.stdout and "abstention:" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["first_stage"] == "run first" and [b["budget"] for b in data["budgets"]] == [24, 96]
+    for budget in data["budgets"]:
+        for system, by_measure in budget["per_query"].items():
+            assert len(by_measure["recall"]) == data["queries"] == 6, system
+            assert all(0 <= r <= 1 for r in by_measure["recall"].values())
+            assert all(t <= budget["budget"] for t in by_measure["tokens"].values())
+        assert set(budget["tests"]) == {"context vs first-stage", "context vs ce-passages"}
+    small, large = (b["means"]["first-stage"]["recall"] for b in data["budgets"])
+    assert large > small  # more budget, more evidence
+    assert data["answered"] == 1.0  # floor 0: every answerable query gets context
+    assert report.read_text().count("data:image/png;base64,") == 1

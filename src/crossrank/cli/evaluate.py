@@ -3,13 +3,14 @@ failure analysis, TREC runs, JSON results and an HTML report."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.common import BackendOption, Int8Option, fail
+from crossrank.cli.common import BackendOption, Int8Option, ModelOption, fail
 
 
 def _csv(value: str) -> list[str]:
@@ -80,3 +81,58 @@ def evaluate(
     typer.echo(markdown_summary(result))
     typer.echo(f"\nruns and results.json: {written['results.json'].parent}" +
                (f"; report: {report}" if report is not None else ""), err=True)
+
+
+@app.command("eval-context")
+def evaluate_context(
+    dataset_dir: Annotated[str, typer.Argument(help="BEIR folder, or a dataset name under $CROSSRANK_DATASETS.")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    budgets: Annotated[str, typer.Option(help="Comma-separated token budgets.")] = "128,256,512,1024",
+    first: Annotated[Literal["auto", "run", "bm25", "hybrid"], typer.Option(
+        help="First stage: auto is the split's shipped run (runs/candidates-SPLIT.trec or the set's only run), "
+             "else hybrid retrieval over the corpus.")] = "auto",
+    run_name: Annotated[str | None, typer.Option("--run", help="Name of a shipped run (runs/NAME.trec).")] = None,
+    depth: Annotated[int, typer.Option(min=1, help="First-stage candidates each system selects from.")] = 50,
+    granularity: Annotated[Literal["passage", "sentence"], typer.Option(help="select_context's granularity.")]
+        = "sentence",
+    min_probability: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Relevance floor (default: the library's).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="tokenizer.json (or a folder with one) that counts tokens; default: the estimate.")] = None,
+    model: ModelOption = None,
+    backend: BackendOption = "onnx",
+    max_queries: Annotated[int | None, typer.Option(min=1, help="Only the first N judged queries.")] = None,
+    permutations: Annotated[int, typer.Option(min=1, help="Randomisation test permutations.")] = 10_000,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report (recall vs budget plot) here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write results.json here (a file path).")] = None,
+) -> None:
+    """Evaluate RAG context selection: evidence recall, precision, tokens and abstention per token budget, against
+    first-stage and cross-encoder-passage baselines, with Holm-corrected paired tests."""
+    from crossrank.context import ContextSelector
+    from crossrank.context.selection import DEFAULT_MIN_PROBABILITY
+    from crossrank.datasets import BeirDataset
+    from crossrank.evaluate.context import ContextEvalConfig
+    from crossrank.evaluate.context import evaluate_context as run
+    from crossrank.evaluate.context_report import markdown_summary, render_html
+    from crossrank.evaluate.metrics import relevance_threshold
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    try:
+        dataset = BeirDataset(Path(dataset_dir), split)
+        config = ContextEvalConfig(budgets=_ints(budgets, "--budgets"), depth=depth,
+                                   rel=relevance_threshold(dataset.qrels), permutations=permutations)
+        selector = ContextSelector(CrossEncoder.from_pretrained(model, backend=backend), granularity=granularity,
+                                   min_probability=DEFAULT_MIN_PROBABILITY if min_probability is None
+                                   else min_probability, tokenizer=tokenizer)
+        result = run(dataset, selector, config, first=first, run_name=run_name, max_queries=max_queries,
+                     say=lambda text: typer.echo(text, err=True))
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise fail(str(exc)) from exc
+    target = out or Path("eval-results") / f"context-{dataset.name}-{split}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result.to_dict(), indent=2, default=float), encoding="utf-8")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(render_html(result), encoding="utf-8")
+    typer.echo(markdown_summary(result))
+    typer.echo(f"\nresults: {target}" + (f"; report: {report}" if report is not None else ""), err=True)

@@ -23,7 +23,7 @@ Steps, each recorded in `Context.dropped` when it leaves something out:
    and last, weakest in the middle: against the lost-in-the-middle effect of long contexts).
 
 The defaults (`DEFAULT_MIN_PROBABILITY`, `DEFAULT_SENTENCE_WEIGHT`, `DEFAULT_MMR_LAMBDA`) were chosen on training
-splits only; docs/context.md says on which and with what figures.
+splits only; the README's context section says on which and with what figures.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ Granularity = Literal["passage", "sentence"]
 Order = Literal["score", "document", "ends"]
 GRANULARITIES: tuple[Granularity, ...] = ("passage", "sentence")
 ORDERS: tuple[Order, ...] = ("score", "document", "ends")
-DEFAULT_MIN_PROBABILITY = 0.2
+DEFAULT_MIN_PROBABILITY = 0.03
 DEFAULT_SENTENCE_WEIGHT = 0.5
 DEFAULT_MMR_LAMBDA = 1.0
 DEFAULT_DUPLICATE_COSINE = 0.95
