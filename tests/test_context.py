@@ -651,3 +651,13 @@ def test_select_context_is_one_call(tiny):
     context = select_context(QUERY, DOCS, 200, model=tiny, duplicate_cosine=None, granularity="passage",
                              min_probability=0)
     assert context.snippets and context.tokens <= 200 and context.granularity == "passage"
+
+
+def test_to_dict_without_a_model_is_strict_json() -> None:
+    from crossrank.context import ContextSelector
+
+    context = ContextSelector(None, min_probability=0, duplicate_cosine=None).select(
+        "q", ["one sentence here. Another one there.", "a second passage."], 30)
+    text = json.dumps(context.to_dict(), allow_nan=False)  # raises on NaN
+    assert json.loads(text)["snippets"][0]["probability"] is None
+    assert all(d["probability"] is None for d in json.loads(text)["dropped"])

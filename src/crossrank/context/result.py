@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -35,7 +36,7 @@ class Snippet:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "metadata": dict(self.metadata)}
+        return _json_safe({**asdict(self), "metadata": dict(self.metadata)})
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ class Dropped:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _json_safe(asdict(self))
+
+
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    """No probability (NaN: a selector without a cross-encoder) becomes null, so the dict is strict JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def render_block(style: Style, marker: int, title: str, text: str, doc_id: str) -> str:
