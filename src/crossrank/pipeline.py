@@ -337,12 +337,16 @@ class Pipeline:
 
 def search_pipeline(index: Retriever, retrievers: Sequence[str] = ("bm25", "dense"), *, first_k: int = 1000,
                     fusion: str = "rrf", reranker: PairScorer | None = None, rerank_k: int = 100,
-                    first_stage_weight: float | Literal["model"] | None = "model", k: int = 10) -> Pipeline:
+                    first_stage_weight: float | Literal["model"] | None = "model", k: int = 10,
+                    learned: Stage | None = None) -> Pipeline:
     """The pipeline `crossrank search` and the server's /search run: retrieve from each named retriever, fuse
-    them when there are several, rerank the top `rerank_k` (unless `reranker` is None), keep the top `k`."""
+    them when there are several, rerank the top `rerank_k` (unless `reranker` is None), apply `learned` (a
+    `crossrank.ltr.LTR` stage over the signals so far) if given, keep the top `k`."""
     stages: list[Stage] = [Retrieve(index, retrievers, k=first_k)]
     if len(retrievers) > 1:
         stages.append(Fuse(fusion, sources=retrievers))
     if reranker is not None:
         stages.append(Rerank(reranker, k=rerank_k, first_stage_weight=first_stage_weight))
+    if learned is not None:
+        stages.append(learned)
     return Pipeline([*stages, Cut(k)])

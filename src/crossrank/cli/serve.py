@@ -58,6 +58,10 @@ def serve(
         "NAME=PATH: a tokenizer.json (or a folder holding one) /v1/context requests may count budgets with, by "
         "NAME (repeatable; CROSSRANK_CONTEXT_TOKENIZER takes space-separated pairs).", "CONTEXT_TOKENIZER",
         "--context-tokenizer")] = None,
+    ltr: Annotated[Path | None, _opt("LambdaMART model (`crossrank ltr train`) /search applies when a request sets "
+                                     "`ltr` (the workbench's LTR box).", "LTR", "--ltr")] = None,
+    reports: Annotated[Path | None, _opt("Folder of `crossrank eval` results the workbench's Reports view lists "
+                                         "(default: ./eval-results when it exists).", "REPORTS", "--reports")] = None,
     drain_seconds: Annotated[float, _opt("Graceful drain on SIGTERM.", "DRAIN_SECONDS", "--drain-seconds")] = 30.0,
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _opt(
         "Log level.", "LOG_LEVEL", "--log-level")] = "info",
@@ -91,7 +95,7 @@ def serve(
             max_header_bytes=max_header_bytes, read_timeout_s=read_timeout, keep_alive_s=keep_alive,
             max_connections=max_connections, max_indexes=max_indexes, max_open_indexes=max_open_indexes,
             api_keys=read_api_keys(os.environ.get("CROSSRANK_API_KEYS"), api_keys_file), index_root=index_root,
-            context_tokenizers=tokenizers,
+            context_tokenizers=tokenizers, ltr_model=ltr, reports_root=reports,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -101,6 +105,14 @@ def serve(
         load_context_tokenizers(config)  # a missing or unreadable file is one line here, not a failed startup
     except (OSError, ValueError) as exc:
         raise fail(f"--context-tokenizer: {exc}") from exc
+    from crossrank.server.app import load_ltr
+
+    try:
+        load_ltr(config)  # a bad --ltr is one line here, not a failed startup
+    except (OSError, ValueError) as exc:
+        raise fail(f"--ltr: {exc}") from exc
+    if reports is not None and not reports.is_dir():
+        raise fail(f"--reports: {reports} is not a folder (give the folder `crossrank eval --out` wrote into)")
     from crossrank.model.checkpoint import Checkpoint, CheckpointError
 
     try:
@@ -121,6 +133,7 @@ def serve(
     from crossrank.server.app import create_app
     from crossrank.server.http import serve_http
 
+    typer.echo(f"crossrank: the workbench is at http://{host}:{port}/ui (API docs: /openapi.json)", err=True)
     serve_http(create_app(config), config, host=host, port=port, drain_seconds=drain_seconds)
 
 

@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -35,8 +35,10 @@ from crossrank.server.batcher import (
 from crossrank.server.config import ServerConfig
 from crossrank.server.context import DefaultEncoder, context_router, load_context_tokenizers
 from crossrank.server.indexes import IndexRegistry, index_router
+from crossrank.server.judgments import judgments_router
 from crossrank.server.limits import BodySizeLimit
 from crossrank.server.metrics import Metrics
+from crossrank.server.reports import reports_router
 from crossrank.server.schemas import (
     ApiVersion,
     BilledUnits,
@@ -52,6 +54,10 @@ from crossrank.server.schemas import (
     document_out,
 )
 from crossrank.server.scoring import BatchScorer, EncoderScorer
+from crossrank.server.workbench import mount_workbench
+
+if TYPE_CHECKING:
+    from crossrank.ltr.lambdamart import LambdaMART
 
 log = logging.getLogger("crossrank.server")
 
@@ -85,11 +91,20 @@ def load_scorer(config: ServerConfig) -> EncoderScorer:
         threads=config.threads, batch_tokens=config.engine_batch_tokens))
 
 
+def load_ltr(config: ServerConfig) -> LambdaMART | None:
+    """The LambdaMART model /search applies when a request sets `ltr`, loaded once at startup."""
+    if config.ltr_model is None:
+        return None
+    from crossrank.ltr.lambdamart import LambdaMART
+
+    return LambdaMART.load(config.ltr_model)
+
+
 def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         if app.state.scorer is None:
             app.state.scorer = await asyncio.to_thread(load_scorer, config)
         batcher = MicroBatcher(app.state.scorer, batch_tokens=config.batch_tokens, max_wait_ms=config.max_wait_ms,
@@ -118,10 +133,12 @@ def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastA
                                       max_open=config.max_open_indexes)
     app.state.context_tokenizers = load_context_tokenizers(config)
     app.state.context_encoder = DefaultEncoder()
+    app.state.ltr = load_ltr(config)
     install_error_handlers(app)
-    routers = [ops_router(), rerank_router(), index_router(), context_router()]
+    routers = [ops_router(), rerank_router(), index_router(), context_router(), judgments_router(), reports_router()]
     for router in routers:
         app.include_router(router)
+    mount_workbench(app)
     app.state.routes = [route for router in routers for route in router.routes]  # for 405's Allow header
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)

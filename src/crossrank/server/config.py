@@ -36,6 +36,8 @@ class ServerConfig:
     max_chars_per_document: int = 20000
     max_request_tokens: int = 131072
     max_body_bytes: int = 16 * 1024 * 1024
+    # Characters in a /search query (longer text is a document, not a query: send it to /v1/rerank).
+    max_query_chars: int = 4096
     # HTTP connection limits: request-line + headers size, time to receive a whole request (headers and body),
     # idle keep-alive, and concurrent connections (beyond it: 503).
     max_header_bytes: int = 64 * 1024
@@ -53,10 +55,14 @@ class ServerConfig:
     # Tokenizers /v1/context may count a budget with, by name: NAME -> a tokenizer.json (or a folder holding one).
     # Requests pick one by name, so a client never names a file on the server.
     context_tokenizers: Mapping[str, Path] = field(default_factory=dict, hash=False)
+    # A LambdaMART model (`crossrank ltr train`) /search may apply after the reranker when a request asks (`ltr`).
+    ltr_model: Path | None = None
+    # `crossrank eval` output folders (each holding a results.json) the workbench's Reports view lists.
+    reports_root: Path | None = None
 
     def __post_init__(self) -> None:
         positive = ("batch_tokens", "engine_batch_tokens", "max_queue_pairs", "workers", "slice_tokens",
-                    "max_documents", "max_chars_per_document", "max_request_tokens", "max_body_bytes",
+                    "max_documents", "max_chars_per_document", "max_request_tokens", "max_body_bytes", "max_query_chars",
                     "max_header_bytes", "read_timeout_s", "keep_alive_s", "max_connections", "max_indexes",
                     "max_open_indexes")
         for name in positive:

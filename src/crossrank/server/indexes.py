@@ -22,6 +22,7 @@ from fastapi import Path as PathParam
 from crossrank.model.calibration import Calibrator
 from crossrank.model.cross_encoder import PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
+from crossrank.pipeline import Pipeline, search_pipeline
 from crossrank.server.auth import require_api_key
 from crossrank.server.batcher import MicroBatcher
 from crossrank.server.schemas import (
@@ -32,6 +33,7 @@ from crossrank.server.schemas import (
     DocumentBody,
     IndexChange,
     IndexList,
+    PipelineSpec,
     SearchRequest,
     SearchResponse,
 )
@@ -183,7 +185,7 @@ class IndexRegistry:
                 raise HTTPException(409, f"the name {name!r} is taken by something that is not an index") from exc
             if create is None:
                 raise HTTPException(404, f"no index named {name!r} (create it with PUT /indexes/{name})") from exc
-        except Exception as exc:  # noqa: BLE001 - a damaged index must not become a 500 with server paths
+        except Exception as exc:
             log.error("index cannot be opened", exc_info=exc, extra={"index": name})
             raise HTTPException(409, f"index {name!r} cannot be opened (damaged files; details are in the server "
                                      "log)") from exc
@@ -218,7 +220,7 @@ def change(name: str, index: Index, generation: int) -> IndexChange:
     return IndexChange(index=name, generation=generation, **index.count())
 
 
-async def blocking(function, *args):  # noqa: ANN001, ANN201
+async def blocking(function, *args):
     """Run index work in a thread; the store's own errors become clear 4xx answers."""
     try:
         return await asyncio.to_thread(function, *args)
@@ -231,6 +233,32 @@ async def blocking(function, *args):  # noqa: ANN001, ANN201
         raise HTTPException(422, str(exc)) from exc
 
 
+def pipeline_for(request: Request, index: Index, spec: PipelineSpec, *, k: int) -> Pipeline:
+    """The stages `spec` names on `index`, scoring through the server's batcher; a spec the server or the index
+    cannot run (too deep for the limits, a retriever the index lacks, LTR without a model) is a clear 4xx."""
+    from crossrank.ltr.stage import LTR
+
+    config = request.app.state.config
+    if spec.rerank_k > config.max_documents:
+        raise HTTPException(413, f"rerank_k={spec.rerank_k} exceeds max_documents={config.max_documents}")
+    if spec.rerank_k * index.config.passage_tokens > config.max_request_tokens:
+        raise HTTPException(413, f"rerank_k={spec.rerank_k} passages of up to {index.config.passage_tokens} "
+                                 f"tokens exceed max_request_tokens={config.max_request_tokens}")
+    names = spec.retrievers or index.retrievers
+    unknown = sorted(set(names) - set(index.retrievers))
+    if unknown:
+        raise HTTPException(409, f"retrievers {unknown} not available; index {index.path.name!r} has "
+                                 f"{index.retrievers}")
+    ltr_model = request.app.state.ltr
+    if spec.ltr and ltr_model is None:
+        raise HTTPException(409, "this server has no LambdaMART model (start it with --ltr MODEL)")
+    model = BatchedModel.serving(request) if spec.rerank_k else None
+    return search_pipeline(
+        index, names, first_k=spec.first_k, reranker=model, rerank_k=spec.rerank_k, k=k,
+        first_stage_weight="model" if spec.first_stage_weight is None else spec.first_stage_weight,
+        learned=LTR(ltr_model) if spec.ltr else None)
+
+
 def index_router() -> APIRouter:
     from crossrank.server.app import error_responses
 
@@ -240,24 +268,12 @@ def index_router() -> APIRouter:
     @router.post("/search", response_model_exclude_none=True)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         """Retrieve → fuse → rerank → cut on a named index; `explain` adds the per-stage trace."""
-        from crossrank.pipeline import search_pipeline
-
-        config = request.app.state.config
-        if body.rerank_k > config.max_documents:
-            raise HTTPException(413, f"rerank_k={body.rerank_k} exceeds max_documents={config.max_documents}")
+        limit = request.app.state.config.max_query_chars
+        if len(body.query) > limit:
+            raise HTTPException(413, f"the query has {len(body.query)} characters; the limit is {limit} "
+                                     "(max_query_chars): a query this long is a document, shorten it")
         async with registry(request).lease(body.index) as index:
-            if body.rerank_k * index.config.passage_tokens > config.max_request_tokens:
-                raise HTTPException(413, f"rerank_k={body.rerank_k} passages of up to {index.config.passage_tokens} "
-                                         f"tokens exceed max_request_tokens={config.max_request_tokens}")
-            names = body.retrievers or index.retrievers
-            unknown = sorted(set(names) - set(index.retrievers))
-            if unknown:
-                raise HTTPException(409, f"retrievers {unknown} not available; index {body.index!r} has "
-                                         f"{index.retrievers}")
-            model = BatchedModel.serving(request) if body.rerank_k else None
-            pipeline = search_pipeline(
-                index, names, first_k=body.first_k, reranker=model, rerank_k=body.rerank_k, k=body.k,
-                first_stage_weight="model" if body.first_stage_weight is None else body.first_stage_weight)
+            pipeline = pipeline_for(request, index, body, k=body.k)
             result = await blocking(pipeline.search, body.query, body.filter_dict())
         out = result.to_dict()
         return SearchResponse(index=body.index, query=body.query, results=out["results"],

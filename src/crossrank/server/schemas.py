@@ -251,17 +251,10 @@ def store_filters(filters: dict[str, FilterCondition] | None) -> dict[str, Any] 
             if isinstance(condition, FilterRange) else condition for name, condition in filters.items()}
 
 
-class SearchRequest(RequestBody):
-    """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
+class PipelineSpec(RequestBody):
+    """Which stages run on an index: retrieve (BM25 and/or dense) → fuse → rerank → LambdaMART, as
+    `crossrank.pipeline.search_pipeline` builds them (shared by /search and judged evaluations)."""
 
-    index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
-    query: QueryText
-    k: int = Field(10, ge=1, le=1000, description="Results to return.")
-    filters: dict[str, FilterCondition] | None = Field(None, description=FILTERS_DESCRIPTION)
-
-    def filter_dict(self) -> dict[str, Any] | None:
-        """The filters as `crossrank.store.filters` reads them."""
-        return store_filters(self.filters)
     retrievers: list[Literal["bm25", "dense"]] | None = Field(
         None, min_length=1, description="bm25 and/or dense (default: all the index has; dense on an index without "
                                         "vectors is a 409).")
@@ -271,7 +264,22 @@ class SearchRequest(RequestBody):
         None, description="Weight of the first stage's z-scored score in the final score (default: the "
                                       "model's fusion.json weight for this first stage, fused or single; 0: the "
                                       "cross-encoder alone).")
+    ltr: StrictBool = Field(False, description="Reorder the reranked list with the server's LambdaMART model "
+                                               "(`crossrank serve --ltr MODEL`; 409 when it has none).")
+
+
+class SearchRequest(PipelineSpec):
+    """Retrieve (BM25 and/or dense) → fuse → rerank → cut on a named index, through `crossrank.pipeline`."""
+
+    index: str = Field(pattern=INDEX_NAME, description="Name of an index under the server's index root.")
+    query: QueryText
+    k: int = Field(10, ge=1, le=1000, description="Results to return.")
+    filters: dict[str, FilterCondition] | None = Field(None, description=FILTERS_DESCRIPTION)
     explain: StrictBool = Field(False, description="Include the pipeline trace (candidates in/out, ms per stage).")
+
+    def filter_dict(self) -> dict[str, Any] | None:
+        """The filters as `crossrank.store.filters` reads them."""
+        return store_filters(self.filters)
 
 
 class SearchHit(BaseModel):
