@@ -15,7 +15,8 @@ blocked URLs are listed in `page_log.blocked`) instead of hanging on the sandbox
 
 Fixtures: `browser` (session; a playwright Browser), `page` (function; a fresh context's Page, 10 s timeouts),
 `page_log` (function; what that page logged), `workbench_server` / `workbench_server_with_key` (module; a
-`Workbench` with url, index_root, index_name "demo", api_key, documents). Use `playwright.sync_api.expect` for
+`Workbench` with url, index_root, index_name "demo", reports_root (the server's --reports folder), api_key,
+documents). Use `playwright.sync_api.expect` for
 auto-waiting assertions.
 """
 
@@ -224,6 +225,7 @@ class Workbench:
     url: str
     index_root: Path
     index_name: str
+    reports_root: Path
     api_key: str | None = None
     documents: tuple[dict, ...] = tuple(DEMO_DOCUMENTS)
 
@@ -246,11 +248,13 @@ def _serve(tiny_model_dir: Path, tiny_index_config, tmp_path_factory: pytest.Tem
     from crossrank.server.config import ServerConfig
 
     index_root = tmp_path_factory.mktemp("workbench-indexes")
+    reports_root = tmp_path_factory.mktemp("workbench-reports")
     build_demo_index(index_root, tiny_index_config)
-    config = ServerConfig(model=str(tiny_model_dir), index_root=index_root,
+    config = ServerConfig(model=str(tiny_model_dir), index_root=index_root, reports_root=reports_root,
                           api_keys=frozenset({api_key}) if api_key else frozenset())
     with LiveServer(create_app(config)) as url:
-        yield Workbench(url=url, index_root=index_root, index_name=INDEX_NAME, api_key=api_key)
+        yield Workbench(url=url, index_root=index_root, index_name=INDEX_NAME, reports_root=reports_root,
+                        api_key=api_key)
 
 
 @pytest.fixture(scope="module")
