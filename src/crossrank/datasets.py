@@ -20,6 +20,7 @@ Qrels = dict[str, dict[str, int]]  # query id → doc id → graded relevance
 Run = dict[str, dict[str, float]]  # query id → doc id → score
 
 DATASETS_ENV = "CROSSRANK_DATASETS"
+JUDGMENTS = "judgments"  # the split name of an index's judgments ("INDEX_DIR:judgments[@JUDGE]")
 
 
 def datasets_root() -> Path:
@@ -118,15 +119,18 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str = "cr
 
 @dataclass
 class BeirDataset:
-    """A BEIR folder, loaded lazily: the corpus is only read when asked for."""
+    """A BEIR folder, loaded lazily: the corpus is only read when asked for. `source_index` is the crossrank
+    index a folder was materialised from (`crossrank.judgments.judged_dataset`): evaluation retrieves from that
+    index itself rather than re-indexing the corpus."""
 
     path: Path
     split: str = "test"
+    source_index: Path | None = None
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.path = resolve_dataset(self.path)
-        self.name = self.path.name
+        self.name = self.source_index.name if self.source_index else self.path.name
         if not self.qrels_path.is_file():
             splits = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
             raise FileNotFoundError(f"{self.name} has no split {self.split!r}; it has {splits}")
@@ -166,9 +170,18 @@ class BeirDataset:
 
 
 def parse_dataset_spec(spec: str, default_split: str = "test") -> BeirDataset:
-    """"scifact:train" or "../shared/datasets/wikiqa:dev" → a BeirDataset."""
+    """"scifact:train" or "../shared/datasets/wikiqa:dev" → a BeirDataset; "INDEX_DIR:judgments" (every judge)
+    or "INDEX_DIR:judgments@alice" (one judge) → the judgments recorded in a crossrank index, as a BEIR folder
+    (`crossrank.judgments.judged_dataset`)."""
     path, _, split = spec.rpartition(":") if ":" in spec else (spec, "", default_split)
-    return BeirDataset(Path(path), split or default_split)
+    split = split or default_split
+    qrels, _, judge = split.partition("@")
+    if qrels == JUDGMENTS:
+        from crossrank.judgments import is_index, judged_dataset
+
+        if is_index(path):
+            return judged_dataset(path, judge or None)
+    return BeirDataset(Path(path), split)
 
 
 def write_qrels(qrels: Qrels, path: Path) -> None:

@@ -26,9 +26,13 @@ def _ints(value: str, option: str) -> tuple[int, ...]:
 
 @app.command("eval")
 def evaluate(
-    dataset_dir: Annotated[str, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), or a "
-                                                    "dataset name under $CROSSRANK_DATASETS.")],
+    dataset_dir: Annotated[str, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a "
+                                                    "dataset name under $CROSSRANK_DATASETS, or an index directory "
+                                                    "with --qrels judgments.")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    qrels: Annotated[str | None, typer.Option(
+        help="For a BEIR folder, the same as --split; for an index directory, 'judgments' (every judge's, "
+             "combined) or 'judgments@JUDGE' (one judge's): retrieval then searches that index.")] = None,
     run: Annotated[Path | None, typer.Option("--run", help="TREC run to rerank (the 'run' first stage).")] = None,
     pipelines: Annotated[str | None, typer.Option(
         help="Comma-separated FIRST[>>RERANKER]: first stages run, bm25, dense, hybrid; rerankers ce (the "
@@ -58,13 +62,13 @@ def evaluate(
     int8: Int8Option = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
-    from crossrank.datasets import BeirDataset
+    from crossrank.datasets import parse_dataset_spec
     from crossrank.evaluate.experiment import ExperimentConfig
     from crossrank.evaluate.report import markdown_summary, render_html
     from crossrank.evaluate.runner import EvaluationError, run_evaluation
 
     try:
-        dataset = BeirDataset(Path(dataset_dir), split)
+        dataset = parse_dataset_spec(f"{dataset_dir}:{qrels or split}")
         config = ExperimentConfig(measures=tuple(_csv(measures)), depth=depth, depths=_ints(depths, "--depths"),
                                   baseline=baseline, permutations=permutations, timing_queries=timing_queries,
                                   rel=rel, curve=curve)
@@ -73,7 +77,7 @@ def evaluate(
                                 say=lambda text: typer.echo(text, err=True))
     except (FileNotFoundError, ValueError, TypeError, EvaluationError) as exc:
         raise fail(str(exc)) from exc
-    folder = out or Path("eval-results") / f"{dataset.name}-{split}"
+    folder = out or Path("eval-results") / f"{dataset.name}-{qrels or split}"
     written = result.write(folder)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)

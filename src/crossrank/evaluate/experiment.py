@@ -96,6 +96,7 @@ class ExperimentResult:
     curve: list[DepthPoint] = field(default_factory=list)
     failures: list[FailureReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    query_text: dict[str, str] = field(default_factory=dict)  # query id → text, for the evaluated queries
 
     def system(self, name: str) -> SystemResult:
         for system in self.systems:
@@ -112,6 +113,7 @@ class ExperimentResult:
             "depth_curve": {"system": self.curve_system, "points": [p.to_dict() for p in self.curve]},
             "failures": [report.to_dict() for report in self.failures],
             "notes": self.notes,
+            "query_text": self.query_text,
         }
 
     def write(self, directory: Path) -> dict[str, Path]:
@@ -296,7 +298,7 @@ class Experiment:
                  for m in tqdm(config.measures, desc="paired tests", unit="measure", disable=not self.progress)}
         return ExperimentResult(self.dataset.name, self.dataset.split, len(qrels), rel, config, baseline,
                                 systems, tests, curve_spec.name if curve_spec and curve else None, curve,
-                                failures, notes)
+                                failures, notes, {query.id: query.text for query in self.queries})
 
     @staticmethod
     def _curve_spec(specs: Sequence[SystemSpec]) -> SystemSpec | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossrank.datasets import BeirDataset, read_run
 from crossrank.evaluate.experiment import Experiment, ExperimentConfig, ExperimentResult
@@ -19,7 +20,11 @@ from crossrank.evaluate.systems import (
 from crossrank.model.checkpoint import CheckpointError
 from crossrank.pipeline import FromRun, Fuse, PairScorer, Pipeline, Retrieve, Stage
 
+if TYPE_CHECKING:
+    from crossrank.store.index import Index
+
 FIRST_STAGE_K = 1000
+RETRIEVERS = ("bm25", "dense")  # what the cached index of a BEIR corpus offers
 
 
 class EvaluationError(RuntimeError):
@@ -47,30 +52,42 @@ def load_cross_encoders(models: Sequence[str], backend: str, say: Callable[[str]
     return {f"ce:{name}": encoder for name, encoder in encoders.items()}
 
 
-def default_pipelines(rerank_mode: bool, cross_encoders: Mapping[str, PairScorer]) -> list[SystemSpec]:
+def default_pipelines(rerank_mode: bool, cross_encoders: Mapping[str, PairScorer],
+                      retrievers: Sequence[str] = RETRIEVERS) -> list[SystemSpec]:
     """The first stages, then each cross-encoder over the best of them, with its `ce+` row next to it when the
-    model ships a first-stage weight."""
-    first = "run" if rerank_mode else "hybrid"
-    base = ["run", "run>>bi"] if rerank_mode else ["bm25", "dense", "hybrid"]
+    model ships a first-stage weight. `retrievers`: what the index searched offers (a user's index may be BM25
+    only)."""
+    if rerank_mode:
+        first, base = "run", ["run", "run>>bi"]
+    elif "dense" in retrievers:
+        first, base = "hybrid", ["bm25", "dense", "hybrid"]
+    else:
+        first, base = "bm25", ["bm25"]
     rerankers = [reranker for name, scorer in sorted(cross_encoders.items()) for reranker in (
         [name] if getattr(scorer, "interpolation", None) is None else [name, interpolated(name)])]
     return parse_pipelines(base + [f"{first}>>{reranker}" for reranker in rerankers])
 
 
 def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, k: int,
-                 say: Callable[[str], None]) -> dict[str, Stage | Pipeline]:
+                 say: Callable[[str], None], index: Index | None = None) -> dict[str, Stage | Pipeline]:
+    """The first stages `needed`, retrieving from `index` (the user's own, for judgments recorded in it) or from
+    the cached index of the dataset's corpus."""
     stages: dict[str, Stage | Pipeline] = {}
     if "run" in needed:
         assert run_path is not None  # checked by run_evaluation before any model is loaded
         stages["run"] = FromRun(read_run(run_path), dataset.corpus)
     if needed & {"bm25", "dense", "hybrid"}:
-        from crossrank.evaluate.corpus_index import corpus_index
-        from crossrank.store.index import IndexConfig
-
         dense = bool(needed & {"dense", "hybrid"})  # a BM25-only index skips embedding the corpus
-        say(f"opening (or building, once) the {'BM25 + dense' if dense else 'BM25'} index of {dataset.name}'s "
-            "corpus ...")
-        index = corpus_index(dataset, IndexConfig(dense=dense))
+        if index is None:
+            from crossrank.evaluate.corpus_index import corpus_index
+            from crossrank.store.index import IndexConfig
+
+            say(f"opening (or building, once) the {'BM25 + dense' if dense else 'BM25'} index of {dataset.name}'s "
+                "corpus ...")
+            index = corpus_index(dataset, IndexConfig(dense=dense))
+        elif dense and "dense" not in index.retrievers:
+            raise EvaluationError(f"dense and hybrid pipelines need dense vectors, and the index at {index.path} "
+                                  "has none; evaluate bm25 pipelines (--pipelines bm25,bm25>>ce)")
         stages["bm25"] = Retrieve(index, ["bm25"], k=k, name="bm25")
         if dense:
             stages["dense"] = Retrieve(index, ["dense"], k=k, name="dense")
@@ -88,8 +105,13 @@ def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path 
     if run is None and any(s.first == "run" for s in requested or ()):
         raise EvaluationError("pipeline 'run' needs --run FILE (a TREC run to rerank)")
     wants_ce = requested is None or any((s.reranker or "").startswith("ce") for s in requested)
+    index = None
+    if dataset.source_index is not None:  # judgments recorded in an index: retrieve from that index itself
+        from crossrank.store.index import Index
+
+        index = Index.open(dataset.source_index)
     scorers: dict[str, PairScorer] = load_cross_encoders(models, backend, say, quantize) if wants_ce else {}
-    specs = requested or default_pipelines(run is not None, scorers)
+    specs = requested or default_pipelines(run is not None, scorers, index.retrievers if index else RETRIEVERS)
     cross = [s.reranker for s in specs if s.reranker and s.reranker.startswith("ce")]
     missing = sorted({scorer_of(reranker) for reranker in cross} - set(scorers))
     if missing:
@@ -102,7 +124,7 @@ def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path 
 
         scorers["bi"] = CosineScorer(BiEncoder.from_pretrained(backend=backend), name="all-MiniLM-L6-v2 (cosine)")
     k = max(FIRST_STAGE_K, config.depth, *config.depths)
-    stages = first_stages(dataset, {s.first for s in specs}, run, k, say)
+    stages = first_stages(dataset, {s.first for s in specs}, run, k, say, index)
     say(f"evaluating {', '.join(s.name for s in specs)} on {dataset.name}:{dataset.split}")
     experiment = Experiment(dataset, stages, scorers, config, progress=progress, max_queries=max_queries)
     return experiment.run(specs)

@@ -88,6 +88,29 @@ class Chunker:
         return passages
 
 
+def stitch(passages: Sequence[str]) -> str:
+    """A document's text again from its passages in order (the inverse of `Chunker.split`, up to whitespace at
+    the cuts): the start of each passage that repeats the end of the one before (the overlap `Chunker` carries
+    over) is dropped, and passages that did not overlap are joined by one space (the cut's whitespace was
+    stripped)."""
+    text, previous = "", ""
+    for passage in passages:
+        shared = _overlap(previous, passage)
+        text = text + passage[shared:] if shared else " ".join(part for part in (text, passage) if part)
+        previous = passage
+    return text
+
+
+def _overlap(previous: str, following: str) -> int:
+    """Length of the longest suffix of `previous` that `following` starts with (0 if none)."""
+    start = previous.find(following[:1], max(0, len(previous) - len(following)))
+    while following and start != -1:
+        if following.startswith(previous[start:]):
+            return len(previous) - start
+        start = previous.find(following[0], start + 1)
+    return 0
+
+
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """Sentences as (start, end) char spans, paragraph breaks respected; blank stretches belong to none."""
     bounds = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -29,14 +30,14 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
-from crossrank.store.chunking import Chunker
+from crossrank.store.chunking import Chunker, stitch
 from crossrank.store.filters import filter_sql
 from crossrank.store.loaders import (
     DEFAULT_MAX_FILE_BYTES,
@@ -269,7 +270,7 @@ class Index:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
 
-    def __enter__(self) -> Index:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -626,6 +627,17 @@ class Index:
                                "WHERE doc_id = ? AND deleted IS NULL ORDER BY position", (doc_id,)).fetchall()
         return [Candidate(id=pid, doc_id=d, text=text, title=title, metadata=json.loads(m))
                 for pid, d, title, text, m in rows]
+
+    def documents(self) -> Iterator[Document]:
+        """The live documents, rebuilt from their passages (`chunking.stitch`): id, title, metadata and text, the
+        text equal to what was indexed up to whitespace where passages were cut."""
+        rows = self.db.execute("SELECT doc_id, title, text, metadata FROM passages WHERE deleted IS NULL "
+                               "ORDER BY doc_id, position")
+        for doc_id, group in itertools.groupby(rows, key=lambda row: row[0]):
+            passages = list(group)
+            _, title, _, metadata = passages[0]
+            yield Document(stitch([text for _, _, text, _ in passages]), title=title, id=doc_id,
+                           metadata=json.loads(metadata))
 
     def sample_passages(self, n: int, seed: int = 0) -> list[Candidate]:
         """Up to n live passages drawn uniformly without replacement, in draw order: the same seed over the same
