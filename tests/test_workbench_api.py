@@ -160,15 +160,17 @@ def test_bad_judgments_are_refused_and_nothing_is_written(client, tmp_path, body
 def test_evaluate_runs_pipelines_over_the_judged_queries(client):
     for query, doc in [("capital of France", "paris"), ("capital of Germany", "berlin"), ("food in France", "lyon")]:
         assert judge(client, 2, doc=doc, query=query).status_code == 201
-    refused = client.post("/indexes/cities/judgments/evaluate", json={"pipelines": {"x": {}}, "judge": "nobody"})
+    refused = client.post("/indexes/cities/judgments/evaluate", json={"pipelines": [{"name": "x"}], "judge": "nobody"})
     assert refused.status_code == 409 and "no judgments" in refused.json()["message"]
     response = client.post("/indexes/cities/judgments/evaluate", json={
-        "pipelines": {"bm25": {"retrievers": ["bm25"], "rerank_k": 0}, "bm25>>ce": {"rerank_k": 4}},
+        "pipelines": [{"name": "bm25", "retrievers": ["bm25"], "rerank_k": 0}, {"name": "bm25>>ce", "rerank_k": 4},
+                      {"name": "bm25", "retrievers": ["bm25"], "rerank_k": 0}],
         "measures": ["nDCG@10", "RR@10"], "permutations": 200})
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["queries"] == 3 and result["baseline"] == "bm25"
-    assert [s["name"] for s in result["systems"]] == ["bm25", "bm25>>ce"]
+    assert [s["name"] for s in result["systems"]] == ["bm25", "bm25>>ce", "bm25 #2"]
+    assert result["tests"]["bm25 #2"]["ties"] == 3  # the same pipeline twice: identical per query
     bm25 = result["systems"][0]
     assert set(bm25["per_query"]["nDCG@10"]) == set(result["query_text"])
     assert sorted(result["query_text"].values()) == ["capital of France", "capital of Germany", "food in France"]
@@ -202,7 +204,8 @@ def test_reports_are_listed_and_served_from_the_reports_folder_only(client, tmp_
     assert report.status_code == 200 and report.json()["tests"]["nDCG@10"]["bm25>>ce"]["t_p"] is None
     assert client.get("/reports/junk").status_code == 404
     assert client.get("/reports/..%2F..%2Fetc").status_code == 404
-    assert client.get("/reports/../indexes/cities").status_code == 404
+    (tmp_path / "results.json").write_text((root / "demo-test" / "results.json").read_text())  # outside the root
+    assert client.get("/reports/%2E%2E").status_code == 404
 
 
 def test_without_a_reports_folder_the_list_is_empty(encoder, tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 # --- the browser and its pages ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Headless system Chromium under Playwright, one per session."""
     reason = missing_browser(playwright_available=_playwright_available())

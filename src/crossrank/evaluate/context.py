@@ -48,7 +48,6 @@ class MemoScorer:
     def __init__(self, model: Any) -> None:
         self.model, self.name = model, model.name
         self._memo: dict[tuple[str, str], tuple[float, float, int]] = {}
-        self.interpolation = None
 
     def score(self, queries: Sequence[str], documents: Sequence[Document], **_: Any) -> PairScores:
         keys = [(q, d.content) for q, d in zip(queries, documents, strict=True)]

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from crossrank.judgments import JudgmentStore
 from crossrank.pipeline import Collapse
@@ -29,7 +29,7 @@ class JudgmentIn(RequestBody):
     query: QueryText
     doc_id: str = Field(min_length=1, max_length=512, pattern=NOT_BLANK, description="A document of the index.")
     passage_id: str | None = Field(None, max_length=1024, description="The passage the judge saw (optional).")
-    grade: StrictInt = Field(ge=0, le=2, description="0 not relevant, 1 partly, 2 relevant.")
+    grade: int = Field(ge=0, le=2, description="0 not relevant, 1 partly, 2 relevant.")
 
 
 class JudgmentOut(BaseModel):
@@ -47,10 +47,14 @@ class JudgmentList(BaseModel):
     judges: list[str]
 
 
+class NamedPipeline(PipelineSpec):
+    name: str = Field(min_length=1, max_length=64, description="How the results name it (a repeated name gets a "
+                                                               "' #2' suffix).")
+
+
 class EvaluationRequest(RequestBody):
-    pipelines: dict[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,64}$")], PipelineSpec] = Field(
-        min_length=1, max_length=8, description="Name → pipeline; the first is the baseline the others are tested "
-                                                "against.")
+    pipelines: list[NamedPipeline] = Field(min_length=1, max_length=8, description="The first is the baseline the "
+                                                                                   "others are tested against.")
     judge: str | None = Field(None, pattern=JUDGE_NAME, description="Only this judge's grades (default: all "
                                                                     "judges, combined by the low median).")
     measures: list[str] = Field(["nDCG@10", "RR@10", "R@100"], min_length=1, max_length=8,
@@ -104,7 +108,9 @@ def judgments_router() -> APIRouter:
                                       body.passage_id)
         return judgment_out(judgment)
 
-    @router.get("/indexes/{name}/judgments/qrels", response_class=PlainTextResponse)
+    @router.get("/indexes/{name}/judgments/qrels", response_model=None,  # errors stay JSON, as everywhere
+                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                 "description": "TREC qrels lines."}})
     async def export_qrels(request: Request, name: str = IndexName,
                            judge: Annotated[str | None, Query(pattern=JUDGE_NAME)] = None) -> PlainTextResponse:
         """The judgments as TREC qrels (`query-id 0 doc-id grade`), for trec_eval, ir-measures or `crossrank eval`."""
@@ -126,7 +132,8 @@ def judgments_router() -> APIRouter:
                                          f"{MAX_EVALUATED_QUERIES} — use `crossrank eval INDEX --qrels judgments`")
             queries = [PipelineQuery(text=texts[qid], id=qid) for qid in sorted(qrels)]
             runs = {}
-            for system, spec in body.pipelines.items():
+            for spec in body.pipelines:
+                system = unique_name(spec.name, runs)
                 pipeline = pipeline_for(request, index, spec, k=body.depth) >> Collapse()
                 results = await blocking(pipeline.run, queries)
                 runs[system] = (repr(pipeline), {
@@ -136,6 +143,14 @@ def judgments_router() -> APIRouter:
         return await asyncio.to_thread(measure, name, body, texts, qrels, runs)
 
     return router
+
+
+def unique_name(name: str, taken: dict[str, Any]) -> str:
+    suffix = 2
+    unique = name
+    while unique in taken:
+        unique, suffix = f"{name} #{suffix}", suffix + 1
+    return unique
 
 
 def measure(name: str, body: EvaluationRequest, texts: dict[str, str], qrels: dict[str, dict[str, int]],

@@ -175,6 +175,13 @@ async function loadIndexes() {
   return indexes;
 }
 
+// Load the index list; true when the URL names a query to run on an index this server has.
+async function autoRun() {
+  const indexes = await loadIndexes();
+  const wanted = params.get("index");
+  return Boolean(params.get("q")) && (!wanted || indexes.includes(wanted)) && indexes.length > 0;
+}
+
 function chosenIndex() {
   const index = $("#index").value;
   if (!index) throw new ApiError(0, "pick an index first");
@@ -294,7 +301,8 @@ function renderResults(response) {
     signals.map(([name, label]) => el("th", { class: "signal", dataset: { signal: name } }, label)),
     hasProbability ? el("th", { title: "Calibrated probability of relevance" }, "probability") : null,
     el("th", {}, "judgment"));
-  const rows = hits.map((hit, i) => el("tr", { dataset: { docId: hit.doc_id, passageId: hit.id } },
+  const rows = hits.map((hit, i) => el("tr", { dataset: { docId: hit.doc_id, passageId: hit.id },
+    onclick: () => selectRow(i) },
     el("td", { class: "rank" }, String(i + 1)),
     el("td", {}, movement(hit, i + 1)),
     el("td", { class: "passage" },
@@ -324,6 +332,10 @@ function selectRow(i) {
 }
 
 function onResultKeys(event) {
+  if (event.key === "Escape" && event.target.closest("input, select")) {
+    event.target.blur(); // the grading keys now reach the results
+    return;
+  }
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
   const rows = [...document.querySelectorAll("#results tbody tr")];
   if (!rows.length) return;
@@ -370,8 +382,7 @@ async function searchView() {
   if (params.get("k")) $("#k").value = params.get("k");
   $("#search-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
   document.addEventListener("keydown", onResultKeys);
-  const indexes = await loadIndexes();
-  if (params.get("q") && indexes.includes($("#index").value)) await runSearch();
+  if (await autoRun()) await runSearch();
 }
 
 // ---- the compare view ------------------------------------------------------------------------------------
@@ -388,8 +399,8 @@ function rankedItem(hit, rank, query) {
 function drawLinks() {
   const svg = $("#links");
   const box = svg.getBoundingClientRect();
-  const left = [...document.querySelectorAll("#list-a li")];
-  const right = new Map([...document.querySelectorAll("#list-b li")].map((li) => [li.dataset.id, li]));
+  const left = [...document.querySelectorAll("#list-a li[data-id]")];
+  const right = new Map([...document.querySelectorAll("#list-b li[data-id]")].map((li) => [li.dataset.id, li]));
   const height = Math.max($("#list-a").offsetHeight, $("#list-b").offsetHeight);
   svg.setAttribute("height", String(height));
   svg.setAttribute("viewBox", `0 0 ${box.width} ${height}`);
@@ -445,9 +456,9 @@ async function compareView() {
   if (params.get("k")) $("#k").value = params.get("k");
   $("#compare-form").addEventListener("submit", (event) => { event.preventDefault(); runCompare(); });
   window.addEventListener("resize", () => { if ($("#list-a li")) drawLinks(); });
-  const indexes = await loadIndexes();
+  const run = await autoRun();
   await reportPicker();
-  if (params.get("q") && indexes.includes($("#index").value)) await runCompare();
+  if (run) await runCompare();
 }
 
 // ---- per-query win/tie/loss chart (reports and judged evaluations) ----------------------------------------
@@ -458,7 +469,7 @@ function perQueryChart(container, { system, baseline, values, texts, open }) {
   const wins = rows.filter((r) => r.delta > TIE_TOLERANCE).length;
   const losses = rows.filter((r) => r.delta < -TIE_TOLERANCE).length;
   const width = 760, height = 180, middle = height / 2;
-  const step = rows.length ? width / rows.length : width;
+  const step = Math.min(24, rows.length ? width / rows.length : width); // one bar per query
   const scale = Math.max(...rows.map((r) => Math.abs(r.delta)), 1e-9);
   const bars = rows.map((row, i) => {
     const size = (Math.abs(row.delta) / scale) * (middle - 4);
@@ -589,7 +600,7 @@ async function evaluateJudgments() {
     $("#evaluate").disabled = true;
     showMessage("Evaluating: every judged query runs through both pipelines…", "info");
     const result = await api("POST", `/indexes/${encodeURIComponent(index)}/judgments/evaluate`,
-      { pipelines: { [labels[0]]: pipelineSpec("a"), [labels[1]]: pipelineSpec("b") }, judge });
+      { pipelines: [{ name: labels[0], ...pipelineSpec("a") }, { name: labels[1], ...pipelineSpec("b") }], judge });
     clearMessage();
     const primary = result.measures[0];
     $("#evaluation").classList.remove("hidden");
@@ -647,6 +658,7 @@ function depthCurve(curve, measure) {
     points.map((p) => el("svg:circle", { cx: x(p.depth), cy: y(p.quality), r: 3, class: "quality" },
       el("svg:title", {}, `depth ${p.depth}: ${measure} ${fmt(p.quality, 4)}, recall ceiling ${fmt(p.recall_ceiling, 3)}`))),
     points.map((p) => el("svg:text", { x: x(p.depth), y: height - 12, class: "tick" }, String(p.depth))),
+    [low, high].map((v) => el("svg:text", { x: 2, y: y(v) + 4, class: "tick" }, fmt(v, 2))),
     el("svg:text", { x: pad, y: 14, class: "tick" }, `${measure} (dots) and first-stage recall (dashed) by rerank depth ${curve.system ? `(${curve.system})` : ""}`));
 }
 
