@@ -109,6 +109,16 @@ def test_search_applies_the_ltr_model_only_when_asked(client, encoder, tmp_path)
         assert refused.status_code == 409 and "--ltr" in refused.json()["message"]
 
 
+def test_search_fuses_as_asked(encoder, tmp_path):
+    with make_client(encoder, tmp_path) as c:
+        c.post("/indexes/both/documents?create=true", json={"documents": DOCS})
+        body = {"index": "both", "query": "capital city", "rerank_k": 0, "explain": True}
+        assert "Fuse('rrf'" in c.post("/search", json=body).json()["pipeline"]
+        weighted = c.post("/search", json={**body, "fusion": "weighted"}).json()
+        assert "Fuse('weighted'" in weighted["pipeline"] and "fusion" in weighted["results"][0]["scores"]
+        assert c.post("/search", json={**body, "fusion": "max"}).status_code == 422
+
+
 def test_a_query_longer_than_the_limit_is_a_clear_413(client):
     response = client.post("/search", json={"index": "cities", "query": "paris " * 2000})
     assert response.status_code == 413 and "max_query_chars" in response.json()["message"]

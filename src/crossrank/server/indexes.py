@@ -254,7 +254,7 @@ def pipeline_for(request: Request, index: Index, spec: PipelineSpec, *, k: int) 
         raise HTTPException(409, "this server has no LambdaMART model (start it with --ltr MODEL)")
     model = BatchedModel.serving(request) if spec.rerank_k else None
     return search_pipeline(
-        index, names, first_k=spec.first_k, reranker=model, rerank_k=spec.rerank_k, k=k,
+        index, names, first_k=spec.first_k, fusion=spec.fusion, reranker=model, rerank_k=spec.rerank_k, k=k,
         first_stage_weight="model" if spec.first_stage_weight is None else spec.first_stage_weight,
         learned=LTR(ltr_model) if spec.ltr else None)
 

@@ -259,6 +259,8 @@ class PipelineSpec(RequestBody):
         None, min_length=1, description="bm25 and/or dense (default: all the index has; dense on an index without "
                                         "vectors is a 409).")
     first_k: int = Field(100, ge=1, le=10000, description="Candidates per retriever.")
+    fusion: Literal["rrf", "weighted"] = Field("rrf", description="How several retrievers' lists merge: rrf "
+                                                                   "(reciprocal ranks) or weighted (min-max scores).")
     rerank_k: int = Field(50, ge=0, le=1000, description="Candidates the cross-encoder rescores (0: none).")
     first_stage_weight: Annotated[float, Field(ge=0, lt=1)] | None = Field(
         None, description="Weight of the first stage's z-scored score in the final score (default: the "

@@ -117,13 +117,15 @@ function pipelineSpec(p) {
     ltr: $(`#${p}-ltr`).checked,
   };
   if (first !== "hybrid") spec.retrievers = [first];
+  else spec.fusion = $(`#${p}-fusion`).value;
   const weight = $(`#${p}-weight`).value;
   if (weight !== "" && spec.rerank_k > 0) spec.first_stage_weight = Number(weight);
   return spec;
 }
 
 function pipelineLabel(p) {
-  const first = $(`#${p}-first`).value;
+  const first = $(`#${p}-first`).value + ($(`#${p}-first`).value === "hybrid" && $(`#${p}-fusion`).value !== "rrf"
+    ? `(${$(`#${p}-fusion`).value})` : "");
   const rerank = Number($(`#${p}-rerank-k`).value);
   if (!rerank) return first + ($(`#${p}-ltr`).checked ? ">>ltr" : "");
   const weight = $(`#${p}-weight`).value;
@@ -131,7 +133,8 @@ function pipelineLabel(p) {
 }
 
 // Pipeline controls ⇄ URL parameters (a.first, a.rerank_k, ...), so a view can be linked and reloaded.
-const PIPELINE_FIELDS = [["first", "first"], ["first_k", "first-k"], ["rerank_k", "rerank-k"], ["weight", "weight"]];
+const PIPELINE_FIELDS = [["first", "first"], ["fusion", "fusion"], ["first_k", "first-k"], ["rerank_k", "rerank-k"],
+  ["weight", "weight"]];
 
 function pipelineToUrl(p, search) {
   for (const [name, id] of PIPELINE_FIELDS) search.set(`${p}.${name}`, $(`#${p}-${id}`).value);
