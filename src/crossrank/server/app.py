@@ -88,7 +88,7 @@ def load_scorer(config: ServerConfig) -> EncoderScorer:
 
     return EncoderScorer(CrossEncoder.from_pretrained(
         config.model, backend=config.backend, quantize=config.quantize,  # type: ignore[arg-type]
-        threads=config.threads, batch_tokens=config.engine_batch_tokens))
+        threads=config.threads, batch_tokens=config.engine_batch_tokens, cache_entries=config.score_cache_entries))
 
 
 def load_ltr(config: ServerConfig) -> LambdaMART | None:
@@ -134,6 +134,8 @@ def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastA
     app.state.context_tokenizers = load_context_tokenizers(config)
     app.state.context_encoder = DefaultEncoder()
     app.state.ltr = load_ltr(config)
+    # A scorer without a cache (a test double, Ray's remote one) exports nothing.
+    metrics.watch_score_cache(lambda: getattr(app.state.scorer, "cache_stats", lambda: None)())
     install_error_handlers(app)
     routers = [ops_router(), rerank_router(), index_router(), context_router(), judgments_router(), reports_router()]
     for router in routers:

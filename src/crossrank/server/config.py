@@ -21,6 +21,8 @@ class ServerConfig:
     # The engine's own per-forward-pass token budget (the engine's default; measured in the README's "Reranking
     # speed" table).
     engine_batch_tokens: int = 2048
+    # Scored pairs the model keeps for exact repeats (RAG retries, pagination); 0 turns the cache off.
+    score_cache_entries: int = 65536
     # Micro-batching: estimated tokens per combined call, how long a batch waits to fill, queue bound, timeout.
     batch_tokens: int = 32768
     max_wait_ms: float = 2.0
@@ -68,6 +70,8 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.score_cache_entries < 0:
+            raise ValueError(f"score_cache_entries must be >= 0, got {self.score_cache_entries}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if any(not key or key != key.strip() for key in self.api_keys):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from crossrank.model.score_cache import CacheStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -28,5 +34,27 @@ class Metrics:
         self.rejected = Counter("crossrank_rejected", "Requests refused by limits, overload or timeout", ["reason"],
                                 registry=self.registry)
 
+    def watch_score_cache(self, stats: Callable[[], CacheStats | None]) -> None:
+        """Export the model's score cache (entries, hits, misses), read at each scrape."""
+        self.registry.register(ScoreCacheCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ScoreCacheCollector(Collector):
+    """crossrank_score_cache_{entries,hits_total,misses_total}: the hit rate is hits / (hits + misses)."""
+
+    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily("crossrank_score_cache_entries", "Scored pairs held for exact repeats",
+                                value=stats.entries)
+        yield CounterMetricFamily("crossrank_score_cache_hits", "Pairs answered from the score cache",
+                                  value=stats.hits)
+        yield CounterMetricFamily("crossrank_score_cache_misses", "Pairs the model scored (not in the cache)",
+                                  value=stats.misses)

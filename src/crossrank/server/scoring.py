@@ -15,6 +15,7 @@ import numpy as np
 
 from crossrank.model.cross_encoder import CrossEncoder, PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
+from crossrank.model.score_cache import CacheStats
 from crossrank.types import Document
 
 
@@ -42,6 +43,10 @@ class EncoderScorer:
     def interpolation(self) -> FirstStageInterpolation | None:
         """The model's shipped first-stage weight, which /search applies by default."""
         return self.encoder.interpolation
+
+    def cache_stats(self) -> CacheStats | None:
+        """The model's score cache, for /metrics (None when it has none)."""
+        return None if self.encoder.cache is None else self.encoder.cache.stats()
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The model's calibrated probabilities for logits scored here (what /v1/context's floor reads)."""
