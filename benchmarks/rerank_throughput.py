@@ -93,21 +93,30 @@ def minilm_cross_encoder(target: Path) -> Path:
     return target
 
 
-def load_queries(count: int | None) -> tuple[list[dict], dict]:
-    """[{qid, query, doc_ids, documents}] for `count` evenly spread queries (all when None), and the qrels."""
+def load_queries(count: int | None, dataset_name: str = DATASET, depth: int = 100) -> tuple[list[dict], dict]:
+    """[{qid, query, doc_ids, documents}] for `count` evenly spread judged test queries (all when None), and the
+    qrels. Candidates: the shipped BM25 top-`depth` run where the set has one, else BM25 over its corpus (the
+    evaluation's cached index); documents are whole (title + text), so long ones cost what they cost."""
     from crossrank.datasets import BeirDataset, ranked
+    from crossrank.evaluate.corpus_index import corpus_index
+    from crossrank.store.index import IndexConfig
+    from crossrank.types import Query
 
-    dataset = BeirDataset(DATASET, "test")
-    run = dataset.run("bm25-top100")
-    qids = sorted(run)
+    dataset = BeirDataset(dataset_name, "test")
+    qids = sorted(qid for qid in dataset.qrels if qid in dataset.queries)
     if count is not None and count < len(qids):
         qids = [qids[i] for i in np.linspace(0, len(qids) - 1, count).round().astype(int)]
-    queries = []
-    for qid in qids:
-        doc_ids = ranked(run[qid])
-        query = dataset.queries[qid]
-        queries.append({"qid": qid, "query": getattr(query, "text", query), "doc_ids": doc_ids,
-                        "documents": [dataset.corpus[doc_id].content for doc_id in doc_ids]})
+    texts = {qid: getattr(dataset.queries[qid], "text", dataset.queries[qid]) for qid in qids}
+    if "bm25-top100" in dataset.runs:
+        run = dataset.run("bm25-top100")
+        candidates = {qid: ranked(run[qid])[:depth] for qid in qids}
+    else:
+        with corpus_index(dataset, IndexConfig(dense=False)) as index:
+            hits = index.retrieve("bm25", [Query(texts[qid], qid) for qid in qids], depth * 4)
+        candidates = {qid: list(dict.fromkeys(hit.doc_id for hit in found))[:depth]
+                      for qid, found in zip(qids, hits, strict=True)}
+    queries = [{"qid": qid, "query": texts[qid], "doc_ids": candidates[qid],
+                "documents": [dataset.corpus[doc_id].content for doc_id in candidates[qid]]} for qid in qids]
     return queries, dataset.qrels
 
 

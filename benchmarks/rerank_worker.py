@@ -24,7 +24,7 @@ Scorer = Callable[[str, list[str]], np.ndarray]
 def crossrank_scorer(spec: dict) -> Scorer:
     from crossrank.model.cross_encoder import CrossEncoder
 
-    options = {"batch_tokens": spec["batch_tokens"]} if spec.get("batch_tokens") else {}
+    options = {name: spec[name] for name in ("batch_tokens", "max_length") if spec.get(name)}
     model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
                                          threads=spec.get("threads"), **options)
 

@@ -149,6 +149,13 @@ def test_disconnected_client_is_not_scored(encoder, tmp_path):
         assert after.status_code == 200
 
 
+def scored_tokens(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("crossrank_tokens_total "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(tiny_model_dir):
     port = free_port()
@@ -159,10 +166,17 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
+        # Distinct documents (the score cache would answer 300 copies of one at once), ~14 scoring slices long.
+        documents = [f"doc{i} " + "word " * 299 for i in range(300)]
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(httpx.post, f"{url}/v1/rerank", headers=auth(), timeout=120,
-                                    json={"query": "drain", "documents": ["word " * 300] * 300})
-            time.sleep(0.3)
+                                    json={"query": "drain", "documents": documents})
+            # SIGTERM only once the first slice is scored: the request is in flight, not still on its way in (on a
+            # loaded machine a fixed sleep let SIGTERM win the race, and new work rightly gets 503).
+            deadline = time.time() + 60
+            while scored_tokens(url) == 0 and not in_flight.done() and time.time() < deadline:
+                time.sleep(0.02)
+            assert not in_flight.done(), in_flight.result().text
             process.send_signal(signal.SIGTERM)
             response = in_flight.result()
         assert response.status_code == 200 and len(response.json()["results"]) == 300
