@@ -121,6 +121,14 @@ class GatedScorer:
         return self.inner(queries, texts, token_caps)
 
 
+def metric(url: str, series: str) -> float:
+    """One sample of the live server's /metrics (0 before the series first appears)."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_disconnected_client_is_not_scored(encoder, tmp_path):
     """A client that gives up while queued behind a busy worker is dropped, counted, and the server goes on."""
     scorer = GatedScorer(encoder)
@@ -128,10 +136,7 @@ def test_disconnected_client_is_not_scored(encoder, tmp_path):
 
     with LiveServer(create_app(config, scorer=scorer)) as url:
         def rejected() -> float:
-            for line in httpx.get(f"{url}/metrics").text.splitlines():
-                if line.startswith('crossrank_rejected_total{reason="disconnected"}'):
-                    return float(line.split()[-1])
-            return 0.0
+            return metric(url, 'crossrank_rejected_total{reason="disconnected"}')
 
         with ThreadPoolExecutor(1) as pool:
             held = pool.submit(httpx.post, f"{url}/v1/rerank", json={"query": "hold", "documents": DOCS},
@@ -147,13 +152,6 @@ def test_disconnected_client_is_not_scored(encoder, tmp_path):
         assert rejected() == 1
         after = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": DOCS}, headers=auth(), timeout=30)
         assert after.status_code == 200
-
-
-def scored_tokens(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("crossrank_tokens_total "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 @pytest.mark.slow
@@ -174,7 +172,7 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir):
             # SIGTERM only once the first slice is scored: the request is in flight, not still on its way in (on a
             # loaded machine a fixed sleep let SIGTERM win the race, and new work rightly gets 503).
             deadline = time.time() + 60
-            while scored_tokens(url) == 0 and not in_flight.done() and time.time() < deadline:
+            while metric(url, "crossrank_tokens_total") == 0 and not in_flight.done() and time.time() < deadline:
                 time.sleep(0.02)
             assert not in_flight.done(), in_flight.result().text
             process.send_signal(signal.SIGTERM)

@@ -124,8 +124,8 @@ function pipelineSpec(p) {
 }
 
 function pipelineLabel(p) {
-  const first = $(`#${p}-first`).value + ($(`#${p}-first`).value === "hybrid" && $(`#${p}-fusion`).value !== "rrf"
-    ? `(${$(`#${p}-fusion`).value})` : "");
+  const stage = $(`#${p}-first`).value, fusion = $(`#${p}-fusion`).value;
+  const first = stage === "hybrid" && fusion !== "rrf" ? `${stage}(${fusion})` : stage;
   const rerank = Number($(`#${p}-rerank-k`).value);
   if (!rerank) return first + ($(`#${p}-ltr`).checked ? ">>ltr" : "");
   const weight = $(`#${p}-weight`).value;
