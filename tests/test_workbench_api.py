@@ -119,6 +119,13 @@ def test_search_fuses_as_asked(encoder, tmp_path):
         assert c.post("/search", json={**body, "fusion": "max"}).status_code == 422
 
 
+def test_explain_names_the_query_words_bm25_matches_for_highlighting(client):
+    body = {"index": "cities", "query": "The capital of France, the CAPITAL city", "rerank_k": 0}
+    assert "query_terms" not in client.post("/search", json=body).json()
+    explained = client.post("/search", json={**body, "explain": True}).json()
+    assert explained["query_terms"] == ["capital", "france", "city"]  # lower-cased, stop words dropped, once each
+
+
 def test_a_query_longer_than_the_limit_is_a_clear_413(client):
     response = client.post("/search", json={"index": "cities", "query": "paris " * 2000})
     assert response.status_code == 413 and "max_query_chars" in response.json()["message"]

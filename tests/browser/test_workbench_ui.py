@@ -67,6 +67,9 @@ def test_search_shows_every_stage_and_the_trace_the_api_returns(page, page_log, 
         width = stages.nth(i).locator(".fill").evaluate("e => e.style.width")
         assert float(width.rstrip("%")) == pytest.approx(100 * stage["ms"] / max(s["ms"] for s in body["trace"]), abs=1e-3)
     expect(page.locator("#results mark").first).to_be_visible()  # query terms highlighted in the scored passage
+    assert body["query_terms"] == ["capital", "city", "france"]  # BM25's words: "of" is a stop word
+    marked = {text.lower() for text in page.locator("#results mark").all_inner_texts()}
+    assert marked and marked <= {"capital", "city", "france"}
     screenshot(page, "workbench-search")
     assert page_log.errors == [] and page_log.blocked == []
 

@@ -29,6 +29,12 @@ def analyzer(stemming: bool) -> tantivy.TextAnalyzer:
     return builder.build()
 
 
+def query_words(text: str) -> list[str]:
+    """The query's words as BM25 matches them, before stemming (lower-cased, English stop words dropped, each
+    once): what a UI marks in a passage, so "capital of France" marks "capital" and "france" but never "of"."""
+    return list(dict.fromkeys(analyzer(stemming=False).analyze(text)))
+
+
 class BM25Index:
     """A tantivy index in `path` whose documents are passage rows; `generation` says which commit it holds."""
 

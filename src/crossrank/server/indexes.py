@@ -23,6 +23,7 @@ from crossrank.model.calibration import Calibrator
 from crossrank.model.cross_encoder import PairScores
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.pipeline import Pipeline, search_pipeline
+from crossrank.retrieve.bm25 import query_words
 from crossrank.server.auth import require_api_key
 from crossrank.server.batcher import MicroBatcher
 from crossrank.server.schemas import (
@@ -278,7 +279,8 @@ def index_router() -> APIRouter:
         out = result.to_dict()
         return SearchResponse(index=body.index, query=body.query, results=out["results"],
                               pipeline=repr(pipeline) if body.explain else None,
-                              trace=out["trace"] if body.explain else None)
+                              trace=out["trace"] if body.explain else None,
+                              query_terms=query_words(body.query) if body.explain else None)
 
     @router.get("/indexes")
     async def list_indexes(request: Request) -> IndexList:

@@ -302,6 +302,9 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     pipeline: str | None = None
     trace: list[dict[str, Any]] | None = None
+    query_terms: list[str] | None = Field(
+        None, description="With `explain`: the query's words as BM25 matches them (lower-cased, stop words "
+                          "dropped, unstemmed), for highlighting.")
 
 
 class DocumentBody(RequestBody):

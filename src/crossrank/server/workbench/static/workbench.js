@@ -206,8 +206,10 @@ async function search(index, query, spec, k) {
 
 // ---- text with the query's terms highlighted -------------------------------------------------------------
 
-function highlighted(text, query) {
-  const terms = [...new Set(query.toLowerCase().match(/[\p{L}\p{N}]{2,}/gu) || [])];
+// The terms come from the server (`query_terms`: BM25's own analysis, stop words dropped); one-letter words are
+// left unmarked, they would light up every "a" and "s".
+function highlighted(text, queryTerms) {
+  const terms = (queryTerms || []).filter((t) => [...t].length >= 2);
   if (!terms.length) return [text];
   const escaped = terms.sort((a, b) => b.length - a.length).map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
   const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join("|")})(?![\\p{L}\\p{N}])`, "giu");
@@ -309,9 +311,9 @@ function renderResults(response) {
     el("td", { class: "rank" }, String(i + 1)),
     el("td", {}, movement(hit, i + 1)),
     el("td", { class: "passage" },
-      el("div", { class: "title" }, highlighted(hit.title || hit.doc_id, response.query)),
+      el("div", { class: "title" }, highlighted(hit.title || hit.doc_id, response.query_terms)),
       el("div", { class: "ids" }, `document ${hit.doc_id} · passage ${hit.id}`),
-      el("div", { class: "text" }, highlighted(hit.text, response.query))),
+      el("div", { class: "text" }, highlighted(hit.text, response.query_terms))),
     signals.map(([name]) => {
       if (!(name in hit.scores)) return el("td", { class: "signal missing", dataset: { signal: name } }, "not seen");
       const [low, high] = ranges[name];
@@ -390,13 +392,13 @@ async function searchView() {
 
 // ---- the compare view ------------------------------------------------------------------------------------
 
-function rankedItem(hit, rank, query) {
+function rankedItem(hit, rank, queryTerms) {
   return el("li", { dataset: { id: hit.id, docId: hit.doc_id } },
     el("span", { class: "rank" }, String(rank)),
     el("div", {},
-      el("div", { class: "title" }, highlighted(hit.title || hit.doc_id, query)),
+      el("div", { class: "title" }, highlighted(hit.title || hit.doc_id, queryTerms)),
       el("div", { class: "ids" }, `${hit.doc_id} · score ${fmt(hit.score)}`),
-      el("div", { class: "text short" }, highlighted(hit.text.slice(0, 200), query))));
+      el("div", { class: "text short" }, highlighted(hit.text.slice(0, 200), queryTerms))));
 }
 
 function drawLinks() {
@@ -435,9 +437,9 @@ async function runCompare() {
     history.replaceState(null, "", `?${url}`);
     $("#compare-section").classList.remove("hidden");
     $("#list-a").replaceChildren(el("li", { class: "head" }, pipelineLabel("a")),
-      ...left.results.map((hit, i) => rankedItem(hit, i + 1, query)));
+      ...left.results.map((hit, i) => rankedItem(hit, i + 1, left.query_terms)));
     $("#list-b").replaceChildren(el("li", { class: "head" }, pipelineLabel("b")),
-      ...right.results.map((hit, i) => rankedItem(hit, i + 1, query)));
+      ...right.results.map((hit, i) => rankedItem(hit, i + 1, right.query_terms)));
     const ids = new Set(left.results.map((hit) => hit.id));
     const shared = right.results.filter((hit) => ids.has(hit.id)).length;
     const cutoff = Math.max(left.results.length, right.results.length, 1);
