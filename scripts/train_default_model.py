@@ -5,8 +5,9 @@ beside the lists, so a stage can be rerun (or moved to another machine) without 
     python scripts/train_default_model.py teach --data data/            # teacher scores, cached per list
     python scripts/train_default_model.py fit --data data/              # ensemble weights on DL21 → teacher
     python scripts/train_default_model.py train --data data/ --out model/ --max-minutes 75
-    python scripts/train_default_model.py finalize --data data/ --model model/   # calibration, adapt.json
-    python scripts/train_default_model.py fusion --data data/ --model model/     # fusion.json (two domains)
+    python scripts/train_default_model.py blend --data data/ --model model/ --out final/   # weight-space blend
+    python scripts/train_default_model.py finalize --data data/ --model final/   # calibration, adapt.json
+    python scripts/train_default_model.py fusion --data data/ --model final/     # fusion.json (two domains)
 
 Training lists (student): pseudo-queries from trec-dl-2021 passages with their BM25 top-k over the union corpus
 (MS MARCO domain), and WikiQA/TrecQA train+dev questions with their own candidates (labelled). Selection lists:
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -234,6 +236,67 @@ def fusion(args: argparse.Namespace) -> None:
     print(json.dumps({k: report[k] for k in ("weight", "by_first_stage")}))
 
 
+BLEND_SETS = (("trec-dl-2021", "test", "bm25-top100", 100), ("scifact", "train", None, 20))
+
+
+def blend(args: argparse.Namespace) -> None:
+    """Weight-space blends of the trained model with its start, the bi-encoder (WiSE-FT; `GatedCrossEncoder.
+    weight_space_blend`): distillation toward an ensemble fitted on web passages may cost accuracy in other domains,
+    and averaging the weights with the start can keep the in-domain gain while giving that back. Each blend on the
+    --alphas grid is scored on the two judged training sets the first-stage weights use — trec-dl-2021's BM25
+    top-100 and SciFact train's BM25 top-20 (the first --scifact-queries queries; top-20 keeps the two-window
+    abstracts affordable) — and the blend with the best mean nDCG@10 is written to --out, every blend's scores in
+    its blend.json (ties go to the larger alpha). Run `finalize` and `fusion` on it: its logits are not the
+    trained model's."""
+    import numpy as np
+
+    from crossrank.datasets import BeirDataset
+    from crossrank.evaluate.depth import rerank_at_depth
+    from crossrank.evaluate.experiment import Experiment, ExperimentConfig, _doc_run
+    from crossrank.evaluate.metrics import per_query, relevance_threshold
+    from crossrank.evaluate.runner import first_stages
+    from crossrank.model.checkpoint import bi_encoder_path
+    from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.model.gated import GatedCrossEncoder
+
+    tuned_dir, grid_dir = Path(args.model), Path(args.data) / "blends"
+    max_length = int(json.loads((tuned_dir / "tokenizer_config.json").read_text(encoding="utf-8"))["model_max_length"])
+    start, tuned = GatedCrossEncoder.from_bi_encoder(bi_encoder_path()), GatedCrossEncoder.from_checkpoint(tuned_dir)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    folders = {alpha: grid_dir / f"alpha-{alpha:g}" for alpha in alphas}
+    for alpha, folder in folders.items():
+        GatedCrossEncoder.weight_space_blend(start, tuned, alpha).save(folder, tuned_dir, max_length)
+    scorers = {f"alpha-{alpha:g}": CrossEncoder.from_pretrained(folder) for alpha, folder in folders.items()}
+    table: dict[str, dict[str, float]] = {name: {} for name in scorers}
+    for name, split, run_name, depth in BLEND_SETS:
+        dataset = BeirDataset(name, split)
+        run_path = dataset.path / "runs" / f"{run_name}.trec" if run_name else None
+        first_name = "run" if run_path else "bm25"
+        stages = first_stages(dataset, {first_name}, run_path, depth, print)
+        experiment = Experiment(dataset, stages, scorers, ExperimentConfig(measures=("nDCG@10",), depth=depth,
+                                                                           depths=(depth,), curve=False),
+                                max_queries=None if run_path else args.scifact_queries)
+        first = experiment.first_stage(first_name)
+        for scorer in scorers:
+            run = _doc_run(rerank_at_depth(first.run, experiment.score(scorer, first_name, depth), depth),
+                           first.candidates)
+            values = per_query(experiment.qrels, run, ("nDCG@10",), relevance_threshold(experiment.qrels))["nDCG@10"]
+            table[scorer][name] = float(np.mean([values.get(q, 0.0) for q in experiment.qrels]))
+            print(json.dumps({scorer: table[scorer]}), flush=True)
+    for row in table.values():
+        row["mean"] = float(np.mean([row[name] for name, *_ in BLEND_SETS]))
+    chosen = max(alphas, key=lambda alpha: (round(table[f"alpha-{alpha:g}"]["mean"], 6), alpha))
+    shutil.copytree(folders[chosen], args.out, dirs_exist_ok=True)
+    report = {"alpha": chosen,
+              "blend": "(1 - alpha) * all-MiniLM-L6-v2 (as the step-0 gated model: gates 0, [CLS] term 0, scale 20) "
+                       "+ alpha * the trained checkpoint, parameter by parameter",
+              "chosen_on": f"mean nDCG@10 of trec-dl-2021 (BM25 top-100 run, 53 queries) and scifact train (BM25 "
+                           f"top-20 over the corpus, first {args.scifact_queries} queries by id); ties to the larger "
+                           "alpha", "ndcg@10": table}
+    (Path(args.out) / "blend.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -277,13 +340,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--select-depth", type=int, default=50, help="BM25 candidates per selection query reranked")
     p.add_argument("--resume", action="store_true")
+    p = commands.add_parser("blend")
+    p.add_argument("--data", required=True, help="where the grid's blends are written")
+    p.add_argument("--model", required=True, help="the trained model")
+    p.add_argument("--out", required=True, help="where the chosen blend is written")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="weights of the trained model to try")
+    p.add_argument("--scifact-queries", type=int, default=200)
     p = commands.add_parser("finalize")
     p.add_argument("--data", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--step", type=float, default=0.1, help="grid step of the adapt ensemble weights")
     args = parser.parse_args(argv)
-    {"prepare": prepare, "teach": teach, "fit": fit, "train": train, "finalize": finalize,
-     "fusion": fusion}[args.command](args)
+    {"prepare": prepare, "teach": teach, "fit": fit, "train": train, "blend": blend,
+     "finalize": finalize, "fusion": fusion}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -130,3 +130,22 @@ def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # 
     engine = CrossEncoder.from_pretrained(tmp_path / "out", backend="torch")
     assert is_gated(engine.checkpoint.config)
     np.testing.assert_allclose(engine.predict([("apple", d) for d in documents]), after, atol=0.05)
+
+
+def test_weight_space_blend_runs_from_the_start_to_the_tuned_model(tiny_gated_dir) -> None:  # noqa: ANN001
+    start = GatedCrossEncoder.from_bi_encoder(tiny_gated_dir.parent / "bi")
+    tuned = GatedCrossEncoder.from_checkpoint(tiny_gated_dir)
+    ends = {alpha: GatedCrossEncoder.weight_space_blend(start, tuned, alpha) for alpha in (0.0, 0.5, 1.0)}
+    for alpha, model in ((0.0, start), (1.0, tuned)):
+        np.testing.assert_allclose(_scores(ends[alpha], tiny_gated_dir, QUERIES, DOCUMENTS),
+                                   _scores(model, tiny_gated_dir, QUERIES, DOCUMENTS), atol=1e-6)
+    middle = ends[0.5].state_dict()
+    for name, value in tuned.state_dict().items():
+        torch.testing.assert_close(middle[name], (start.state_dict()[name] + value) / 2)
+    assert 0 < middle["cross_gates"].min() and middle["cross_gates"].max() < tuned.cross_gates.max()
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        GatedCrossEncoder.weight_space_blend(start, tuned, 1.5)
+    wider = GatedCrossEncoder.from_checkpoint(tiny_gated_dir)
+    wider.cross_gates = torch.nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="names or shapes"):
+        GatedCrossEncoder.weight_space_blend(start, wider, 0.5)

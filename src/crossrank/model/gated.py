@@ -89,6 +89,24 @@ class GatedCrossEncoder(nn.Module):
         model.load_state_dict(state)
         return model.eval()
 
+    @classmethod
+    def weight_space_blend(cls, start: GatedCrossEncoder, tuned: GatedCrossEncoder, alpha: float
+                           ) -> GatedCrossEncoder:
+        """(1 − alpha)·start + alpha·tuned, parameter by parameter (WiSE-FT, Wortsman et al. 2022): fine-tuning
+        toward one domain's teacher costs accuracy elsewhere, and averaging with the start point keeps much of
+        the in-domain gain while giving back the start's robustness. Both models share this graph, so every
+        alpha in [0, 1] is a model of the same shape; alpha 0 is `start`, 1 is `tuned`."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        end = tuned.state_dict()
+        shapes = {name: tuple(value.shape) for name, value in start.state_dict().items()}
+        if shapes != {name: tuple(value.shape) for name, value in end.items()}:
+            raise ValueError("the two models differ in their parameters' names or shapes; only one graph blends")
+        model = cls(tuned.config)
+        model.load_state_dict({name: torch.lerp(value.float(), end[name].float(), alpha)
+                               for name, value in start.state_dict().items()})
+        return model.eval()
+
     def save(self, out: Path, tokenizer_dir: Path, max_length: int) -> Path:
         """fp16 safetensors, a BERT config marked as this architecture, and the tokenizer with the pair template."""
         from safetensors.torch import save_file
