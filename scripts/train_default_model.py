@@ -27,8 +27,14 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossrank.train.data import load_lists, save_lists
+
+if TYPE_CHECKING:
+    from crossrank.evaluate.experiment import Experiment
+    from crossrank.model.interpolation import FirstStageInterpolation
+    from crossrank.pipeline import PairScorer
 
 SELECTION = "trec-dl-2021"
 TEACHERS = ("bm25", "minilm", "splade", "e5")
@@ -175,6 +181,40 @@ def finalize(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
 
 
+def _training_experiment(name: str, split: str, run_name: str | None, scorers: dict[str, PairScorer], depth: int,
+                         first_k: int, max_queries: int, hybrid: bool = False) -> tuple[Experiment, str]:
+    """An Experiment over a judged training set: its shipped run when it has one (all its queries), else BM25 over
+    the corpus (the first `max_queries` queries); `hybrid` adds hybrid retrieval. Returns it and the name of its
+    BM25-like first stage ("run" or "bm25")."""
+    from crossrank.datasets import BeirDataset
+    from crossrank.evaluate.experiment import Experiment, ExperimentConfig
+    from crossrank.evaluate.runner import first_stages
+
+    dataset = BeirDataset(name, split)
+    run_path = dataset.path / "runs" / f"{run_name}.trec" if run_name else None
+    bm25_like = "run" if run_path else "bm25"
+    stages = first_stages(dataset, {bm25_like, "hybrid"} if hybrid else {bm25_like}, run_path, first_k, print)
+    config = ExperimentConfig(measures=("nDCG@10",), depth=depth, depths=(depth,), curve=False)
+    return Experiment(dataset, stages, scorers, config, max_queries=None if run_path else max_queries), bm25_like
+
+
+def _mean_ndcg(experiment: Experiment, first_name: str, scorer: str, depth: int,
+               interpolation: FirstStageInterpolation | None = None) -> float:
+    """nDCG@10 of `scorer` reranking the first stage's top `depth` (interpolated with it when given), the mean over
+    every judged query as `crossrank eval` reports it (0 for a query with nothing retrieved)."""
+    import numpy as np
+
+    from crossrank.evaluate.depth import rerank_at_depth
+    from crossrank.evaluate.experiment import _doc_run
+    from crossrank.evaluate.metrics import per_query, relevance_threshold
+
+    first = experiment.first_stage(first_name)
+    scores = experiment.score(scorer, first_name, depth)
+    run = _doc_run(rerank_at_depth(first.run, scores, depth, interpolation), first.candidates)
+    values = per_query(experiment.qrels, run, ("nDCG@10",), relevance_threshold(experiment.qrels))["nDCG@10"]
+    return float(np.mean([values.get(q, 0.0) for q in experiment.qrels]))
+
+
 FUSION_SETS = (("trec-dl-2021", "test", "bm25-top100"), ("scifact", "train", None))
 
 
@@ -187,38 +227,22 @@ def fusion(args: argparse.Namespace) -> None:
     (a run, BM25, one retriever) share `weight`; the fused list gets its own (`by_first_stage["fusion"]`)."""
     import numpy as np
 
-    from crossrank.datasets import BeirDataset
-    from crossrank.evaluate.depth import rerank_at_depth
-    from crossrank.evaluate.experiment import Experiment, ExperimentConfig, _doc_run
-    from crossrank.evaluate.metrics import per_query, relevance_threshold
-    from crossrank.evaluate.runner import first_stages
     from crossrank.model.cross_encoder import CrossEncoder
     from crossrank.model.interpolation import DEFAULT_GRID, FirstStageInterpolation
     from crossrank.pipeline import ordering_signal
 
     model_dir = Path(args.model)
     scorer = CrossEncoder.from_pretrained(model_dir)
-    config = ExperimentConfig(measures=("nDCG@10",), depth=args.depth, depths=(args.depth,), curve=False)
     means: dict[str, dict[str, dict[float, float]]] = {"bm25-like": {}, "fusion": {}}
     for name, split, run_name in FUSION_SETS:
-        dataset = BeirDataset(name, split)
-        run_path = dataset.path / "runs" / f"{run_name}.trec" if run_name else None
-        bm25_like = "run" if run_path else "bm25"
-        stages = first_stages(dataset, {bm25_like, "hybrid"}, run_path, max(args.depth, 100), print)
-        experiment = Experiment(dataset, stages, {"ce": scorer}, config,
-                                max_queries=None if run_path else args.scifact_queries)
-        rel = relevance_threshold(experiment.qrels)
+        experiment, bm25_like = _training_experiment(name, split, run_name, {"ce": scorer}, args.depth,
+                                                     max(args.depth, 100), args.scifact_queries, hybrid=True)
         for first_name in (bm25_like, "hybrid"):
             first = experiment.first_stage(first_name)
             signal = ordering_signal(next(c for c in first.candidates.values() if c))
             kind = "fusion" if signal == "fusion" else "bm25-like"
-            scores = experiment.score("ce", first_name, args.depth)
-            means[kind][name] = {}
-            for weight in DEFAULT_GRID:
-                run = _doc_run(rerank_at_depth(first.run, scores, args.depth, FirstStageInterpolation(weight)),
-                               first.candidates)
-                values = per_query(experiment.qrels, run, ("nDCG@10",), rel)["nDCG@10"]
-                means[kind][name][weight] = float(np.mean([values.get(q, 0.0) for q in experiment.qrels]))
+            means[kind][name] = {weight: _mean_ndcg(experiment, first_name, "ce", args.depth,
+                                                    FirstStageInterpolation(weight)) for weight in DEFAULT_GRID}
             print(json.dumps({name: first_name, "by_weight": means[kind][name]}))
 
     def best(kind: str) -> float:
@@ -250,11 +274,6 @@ def blend(args: argparse.Namespace) -> None:
     trained model's."""
     import numpy as np
 
-    from crossrank.datasets import BeirDataset
-    from crossrank.evaluate.depth import rerank_at_depth
-    from crossrank.evaluate.experiment import Experiment, ExperimentConfig, _doc_run
-    from crossrank.evaluate.metrics import per_query, relevance_threshold
-    from crossrank.evaluate.runner import first_stages
     from crossrank.model.checkpoint import bi_encoder_path
     from crossrank.model.cross_encoder import CrossEncoder
     from crossrank.model.gated import GatedCrossEncoder
@@ -269,19 +288,10 @@ def blend(args: argparse.Namespace) -> None:
     scorers = {f"alpha-{alpha:g}": CrossEncoder.from_pretrained(folder) for alpha, folder in folders.items()}
     table: dict[str, dict[str, float]] = {name: {} for name in scorers}
     for name, split, run_name, depth in BLEND_SETS:
-        dataset = BeirDataset(name, split)
-        run_path = dataset.path / "runs" / f"{run_name}.trec" if run_name else None
-        first_name = "run" if run_path else "bm25"
-        stages = first_stages(dataset, {first_name}, run_path, depth, print)
-        experiment = Experiment(dataset, stages, scorers, ExperimentConfig(measures=("nDCG@10",), depth=depth,
-                                                                           depths=(depth,), curve=False),
-                                max_queries=None if run_path else args.scifact_queries)
-        first = experiment.first_stage(first_name)
+        experiment, first_name = _training_experiment(name, split, run_name, scorers, depth, depth,
+                                                      args.scifact_queries)
         for scorer in scorers:
-            run = _doc_run(rerank_at_depth(first.run, experiment.score(scorer, first_name, depth), depth),
-                           first.candidates)
-            values = per_query(experiment.qrels, run, ("nDCG@10",), relevance_threshold(experiment.qrels))["nDCG@10"]
-            table[scorer][name] = float(np.mean([values.get(q, 0.0) for q in experiment.qrels]))
+            table[scorer][name] = _mean_ndcg(experiment, first_name, scorer, depth)
             print(json.dumps({scorer: table[scorer]}), flush=True)
     for row in table.values():
         row["mean"] = float(np.mean([row[name] for name, *_ in BLEND_SETS]))

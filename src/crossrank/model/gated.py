@@ -98,13 +98,12 @@ class GatedCrossEncoder(nn.Module):
         alpha in [0, 1] is a model of the same shape; alpha 0 is `start`, 1 is `tuned`."""
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        end = tuned.state_dict()
-        shapes = {name: tuple(value.shape) for name, value in start.state_dict().items()}
-        if shapes != {name: tuple(value.shape) for name, value in end.items()}:
+        begin, end = start.state_dict(), tuned.state_dict()
+        if {name: value.shape for name, value in begin.items()} != {name: value.shape for name, value in end.items()}:
             raise ValueError("the two models differ in their parameters' names or shapes; only one graph blends")
         model = cls(tuned.config)
         model.load_state_dict({name: torch.lerp(value.float(), end[name].float(), alpha)
-                               for name, value in start.state_dict().items()})
+                               for name, value in begin.items()})
         return model.eval()
 
     def save(self, out: Path, tokenizer_dir: Path, max_length: int) -> Path:
