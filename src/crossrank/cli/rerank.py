@@ -82,11 +82,14 @@ def export(
     model: ModelOption = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write the dynamic int8 graph.")] = False,
 ) -> None:
-    """Export a checkpoint to ONNX (cached by content hash) and print the file paths."""
+    """Export a checkpoint to ONNX (cached by content hash) and print the file paths: the joint pair graph, and for
+    a closed-gate gated model also the one-segment graph the engine scores it with."""
     from crossrank.model.checkpoint import Checkpoint
     from crossrank.model.export import onnx_model_path
+    from crossrank.model.factorised import gates_closed
 
     checkpoint = Checkpoint.open(model)
-    typer.echo(onnx_model_path(checkpoint, "classification"))
-    if int8:
-        typer.echo(onnx_model_path(checkpoint, "classification", "int8"))
+    for head in ("classification", "segments") if gates_closed(checkpoint) else ("classification",):
+        typer.echo(onnx_model_path(checkpoint, head))
+        if int8:
+            typer.echo(onnx_model_path(checkpoint, head, "int8"))

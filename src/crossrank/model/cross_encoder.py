@@ -20,6 +20,7 @@ from crossrank.model.backends import Backend, BackendName, load_backend
 from crossrank.model.batching import iter_batches
 from crossrank.model.calibration import Calibrator
 from crossrank.model.checkpoint import Checkpoint
+from crossrank.model.factorised import FactorisedScorer, gates_closed
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.score_cache import ScoreCache
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
@@ -82,7 +83,7 @@ class CrossEncoder:
     def __init__(self, checkpoint: Checkpoint, backend: Backend, pair_encoder: PairEncoder, pad_id: int,
                  batch_tokens: int, aggregate: Aggregate, calibrator: Calibrator,
                  interpolation: FirstStageInterpolation | None, quantize: str | None,
-                 cache_entries: int = 0) -> None:
+                 cache_entries: int = 0, factorised: bool = False) -> None:
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         if batch_tokens <= 0:
@@ -99,6 +100,8 @@ class CrossEncoder:
         self.num_labels = checkpoint.num_labels
         # Scored pairs kept for exact repeats (0: none); see `crossrank.model.score_cache`.
         self.cache = ScoreCache(cache_entries) if cache_entries else None
+        # A closed-gate gated model runs one segment at a time (`backend` is then its segments graph).
+        self.factorised = FactorisedScorer(backend.run, pad_id, batch_tokens) if factorised else None
 
     @classmethod
     def from_pretrained(
@@ -115,6 +118,7 @@ class CrossEncoder:
         aggregate: Aggregate = "max",
         threads: int | None = None,
         cache_entries: int = 0,
+        factorise: bool | None = None,
     ) -> CrossEncoder:
         """Load a local checkpoint directory (None or "default": the bundled crossrank model), with the
         calibration and first-stage weight it ships (calibration.json, fusion.json) when present.
@@ -123,9 +127,15 @@ class CrossEncoder:
         (the README's "Reranking speed" table measures 2048 against 16384). `threads` sets ONNX Runtime's
         intra-op threads (for torch it sets torch's process-wide thread count). `cache_entries` keeps that many
         scored pairs so exact repeats skip the model (off by default: a benchmark must not time cache hits;
-        `crossrank serve` turns it on).
+        `crossrank serve` turns it on). `factorise` (None: whenever the model allows it) scores a gated model
+        whose cross-segment gates are all closed one segment at a time — the same logits, each query and document
+        window encoded once (`crossrank.model.factorised`); False runs the joint graph, True requires closed gates.
         """
         checkpoint = Checkpoint.open(path)
+        closed = gates_closed(checkpoint)
+        if factorise and not closed:
+            raise ValueError(f"{checkpoint.path}: factorise=True needs a gated cross-encoder with every gate closed")
+        factorised = closed if factorise is None else factorise
         if checkpoint.num_labels not in (1, 2):
             raise ValueError(
                 f"{checkpoint.path}: a relevance model needs num_labels 1 (logit) or 2 (softmax, class 1); "
@@ -137,9 +147,10 @@ class CrossEncoder:
         interpolation = FirstStageInterpolation.load(checkpoint.path)  # a malformed file fails before any export
         tokenizer, pad_id = load_tokenizer(checkpoint.path)
         encoder = PairEncoder(tokenizer, length, max_query_tokens, long_documents, window_overlap)
-        return cls(checkpoint, load_backend(checkpoint, "classification", backend, quantize, threads), encoder,
-                   pad_id, batch_tokens, aggregate, Calibrator.load(checkpoint.path), interpolation, quantize,
-                   cache_entries)
+        head = "segments" if factorised else "classification"
+        return cls(checkpoint, load_backend(checkpoint, head, backend, quantize, threads), encoder, pad_id,
+                   batch_tokens, aggregate, Calibrator.load(checkpoint.path), interpolation, quantize, cache_entries,
+                   factorised)
 
     @property
     def name(self) -> str:
@@ -151,7 +162,9 @@ class CrossEncoder:
 
     def __repr__(self) -> str:
         quant = f", quantize={self.quantize!r}" if self.quantize else ""
-        return f"CrossEncoder({self.name!r}, backend={self.backend.name!r}{quant}, max_length={self.max_length})"
+        factorised = ", factorised" if self.factorised else ""
+        return (f"CrossEncoder({self.name!r}, backend={self.backend.name!r}{quant}, max_length={self.max_length}"
+                f"{factorised})")
 
     def predict(self, pairs: Sequence[tuple[str, Any]], *, show_progress_bar: bool = False) -> np.ndarray:
         """Relevance logits for (query, document) pairs, in input order (sentence-transformers' `predict`)."""
@@ -192,12 +205,14 @@ class CrossEncoder:
             empty = np.zeros(0, dtype=np.float32)
             return PairScores(empty, empty, np.zeros(0, dtype=np.int64))
         rows, windows = self.pair_encoder.encode(queries, [document.content for document in documents])
-        row_logits = np.empty(len(rows), dtype=np.float32)
-        batches = iter_batches(rows, self.batch_tokens, self.pad_id)
         with tqdm(total=len(rows), disable=not show_progress_bar, unit="pair", desc="rerank") as progress:
-            for indices, batch in batches:
-                row_logits[indices] = self._logits(self.backend.run(batch))
-                progress.update(len(indices))
+            if self.factorised is not None:
+                row_logits = self.factorised.logits(rows, progress)
+            else:
+                row_logits = np.empty(len(rows), dtype=np.float32)
+                for indices, batch in iter_batches(rows, self.batch_tokens, self.pad_id):
+                    row_logits[indices] = self._logits(self.backend.run(batch))
+                    progress.update(len(indices))
         logits = self._aggregate(row_logits, windows)
         return PairScores(logits, self.calibrator(logits), windows)
 

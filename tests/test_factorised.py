@@ -1,0 +1,100 @@
+"""Factorised scoring of a closed-gate gated cross-encoder: the same logits as the joint graph (torch, ONNX, int8,
+windowed documents), each distinct segment encoded once, and never used where a gate is open."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from crossrank.model.checkpoint import Checkpoint
+from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.factorised import FactorisedScorer, close_gates, gates_closed
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Windowed at max_length 128; numbered sentences so no two windows are the same tokens.
+LONG = " ".join(f"Barge {i} carried cargo down the river past the mills." for i in range(40))
+PAIRS = [("what is the capital of france", "Paris is the capital and largest city of France."),
+         ("what is the capital of france", "The mitochondrion is the powerhouse of the cell."),
+         ("how do vaccines work", "Vaccines train the immune system to recognise a pathogen."),
+         ("how do vaccines work", "Paris is the capital and largest city of France."),
+         ("river transport", LONG)]
+
+
+@pytest.fixture(scope="module")
+def closed_dir(tiny_gated_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return close_gates(tiny_gated_dir, tmp_path_factory.mktemp("closed") / "model")
+
+
+def test_only_a_gated_model_with_every_gate_closed_factorises(tiny_gated_dir: Path, closed_dir: Path,
+                                                              tiny_model_dir: Path) -> None:
+    assert gates_closed(Checkpoint.open(closed_dir))
+    assert not gates_closed(Checkpoint.open(tiny_gated_dir))  # its gates are open
+    assert not gates_closed(Checkpoint.open(tiny_model_dir))  # not a gated model at all
+    assert CrossEncoder.from_pretrained(closed_dir, backend="torch").factorised is not None
+    assert CrossEncoder.from_pretrained(tiny_gated_dir, backend="torch").factorised is None
+    with pytest.raises(ValueError, match="every gate closed"):
+        CrossEncoder.from_pretrained(tiny_gated_dir, backend="torch", factorise=True)
+    with pytest.raises(ValueError, match="not a gated cross-encoder"):
+        close_gates(tiny_model_dir, closed_dir.parent / "not-gated")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_factorised_logits_equal_the_joint_graphs(closed_dir: Path, backend: str) -> None:
+    joint = CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False)
+    factorised = CrossEncoder.from_pretrained(closed_dir, backend=backend)
+    reference = joint.score([q for q, _ in PAIRS], _documents())
+    scores = factorised.score([q for q, _ in PAIRS], _documents())
+    assert scores.windows[-1] > 1  # the long document was windowed, and scored as its best window
+    np.testing.assert_allclose(scores.logits, reference.logits, atol=1e-4)
+    np.testing.assert_allclose(scores.probabilities, reference.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(scores.windows, reference.windows)
+
+
+def test_int8_factorised_stays_close_to_fp32(closed_dir: Path) -> None:
+    reference = CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False).predict(PAIRS)
+    int8 = CrossEncoder.from_pretrained(closed_dir, backend="onnx", quantize="int8")
+    assert int8.factorised is not None
+    np.testing.assert_allclose(int8.predict(PAIRS), reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
+
+
+def test_each_distinct_segment_is_encoded_once(closed_dir: Path) -> None:
+    model = CrossEncoder.from_pretrained(closed_dir, backend="torch")
+    seen: list[int] = []
+
+    def counting_run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append(len(batch["input_ids"]))
+        return model.backend.run(batch)
+
+    rows, _ = model.pair_encoder.encode([q for q, _ in PAIRS], _documents_text())
+    logits = FactorisedScorer(counting_run, model.pad_id, batch_tokens=4096).logits(rows)
+    queries = len({q for q, _ in PAIRS})
+    documents = len({d for _, d in PAIRS[:-1]})
+    long_windows = len(rows) - (len(PAIRS) - 1)
+    assert sum(seen) == queries + documents + long_windows  # not one query encoding per pair
+    assert logits.shape == (len(rows),)
+
+
+def _documents_text() -> list[str]:
+    return [d for _, d in PAIRS]
+
+
+def _documents() -> list:  # noqa: ANN202 - Documents, as the engine's score() takes them
+    from crossrank.types import Document
+
+    return [Document.coerce(text, i) for i, text in enumerate(_documents_text())]
+
+
+def test_export_writes_the_segments_graph_the_engine_runs(closed_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossrank.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--model", str(closed_dir), "--int8"])
+    assert result.exit_code == 0, result.output
+    paths = result.stdout.split()
+    assert len(paths) == 4 and "-classification-" in paths[0] and "-segments-" in paths[2]
+    assert paths[2].endswith("model.onnx") and paths[3].endswith("model.int8.onnx")
