@@ -264,6 +264,21 @@ def fusion(args: argparse.Namespace) -> None:
 BLEND_SETS = (("trec-dl-2021", "test", "bm25-top100", 100), ("scifact", "train", None, 20))
 
 
+def _blend_sets_table(scorers: dict[str, PairScorer], scifact_queries: int) -> dict[str, dict[str, float]]:
+    """Each scorer's nDCG@10 on every BLEND_SETS training set and their mean (each scorer's row: set → value)."""
+    import numpy as np
+
+    table: dict[str, dict[str, float]] = {name: {} for name in scorers}
+    for name, split, run_name, depth in BLEND_SETS:
+        experiment, first_name = _training_experiment(name, split, run_name, scorers, depth, depth, scifact_queries)
+        for scorer in scorers:
+            table[scorer][name] = _mean_ndcg(experiment, first_name, scorer, depth)
+            print(json.dumps({scorer: table[scorer]}), flush=True)
+    for row in table.values():
+        row["mean"] = float(np.mean([row[name] for name, *_ in BLEND_SETS]))
+    return table
+
+
 def blend(args: argparse.Namespace) -> None:
     """Weight-space blends of the trained model with its start, the bi-encoder (WiSE-FT; `GatedCrossEncoder.
     weight_space_blend`): distillation toward an ensemble fitted on web passages may cost accuracy in other domains,
@@ -273,7 +288,6 @@ def blend(args: argparse.Namespace) -> None:
     abstracts affordable) — and the blend with the best mean nDCG@10 is written to --out, every blend's scores in
     its blend.json (ties go to the larger alpha). Run `finalize` and `fusion` on it: its logits are not the
     trained model's."""
-    import numpy as np
 
     from crossrank.model.checkpoint import bi_encoder_path
     from crossrank.model.cross_encoder import CrossEncoder
@@ -287,15 +301,7 @@ def blend(args: argparse.Namespace) -> None:
     for alpha, folder in folders.items():
         GatedCrossEncoder.weight_space_blend(start, tuned, alpha).save(folder, tuned_dir, max_length)
     scorers = {f"alpha-{alpha:g}": CrossEncoder.from_pretrained(folder) for alpha, folder in folders.items()}
-    table: dict[str, dict[str, float]] = {name: {} for name in scorers}
-    for name, split, run_name, depth in BLEND_SETS:
-        experiment, first_name = _training_experiment(name, split, run_name, scorers, depth, depth,
-                                                      args.scifact_queries)
-        for scorer in scorers:
-            table[scorer][name] = _mean_ndcg(experiment, first_name, scorer, depth)
-            print(json.dumps({scorer: table[scorer]}), flush=True)
-    for row in table.values():
-        row["mean"] = float(np.mean([row[name] for name, *_ in BLEND_SETS]))
+    table = _blend_sets_table(scorers, args.scifact_queries)
     chosen = max(alphas, key=lambda alpha: (round(table[f"alpha-{alpha:g}"]["mean"], 6), alpha))
     shutil.copytree(folders[chosen], args.out, dirs_exist_ok=True)
     report = {"alpha": chosen,
@@ -314,7 +320,6 @@ def close_gates(args: argparse.Namespace) -> None:
     on the CPU recipe the gates stay within ~0.015 of 0, so the joint model and its closed-gate copy are scored on
     the blend stage's two training sets; the closed copy is written to --out (with close-gates.json) only if its
     mean nDCG@10 is within --tolerance of the joint model's, else the stage says so and writes nothing."""
-    import numpy as np
 
     from crossrank.model.cross_encoder import CrossEncoder
     from crossrank.model.factorised import close_gates as write_closed
@@ -323,15 +328,7 @@ def close_gates(args: argparse.Namespace) -> None:
     candidate = write_closed(model_dir, Path(args.data) / "closed-gates")
     scorers = {"joint": CrossEncoder.from_pretrained(model_dir, factorise=False),
                "closed": CrossEncoder.from_pretrained(candidate, factorise=True)}
-    table: dict[str, dict[str, float]] = {name: {} for name in scorers}
-    for name, split, run_name, depth in BLEND_SETS:
-        experiment, first_name = _training_experiment(name, split, run_name, scorers, depth, depth,
-                                                      args.scifact_queries)
-        for scorer in scorers:
-            table[scorer][name] = _mean_ndcg(experiment, first_name, scorer, depth)
-            print(json.dumps({scorer: table[scorer]}), flush=True)
-    for row in table.values():
-        row["mean"] = float(np.mean([row[name] for name, *_ in BLEND_SETS]))
+    table = _blend_sets_table(scorers, args.scifact_queries)
     report = {"closed": table["closed"]["mean"] >= table["joint"]["mean"] - args.tolerance,
               "tolerance": args.tolerance,
               "chosen_on": f"mean nDCG@10 of trec-dl-2021 (BM25 top-100 run, 53 queries) and scifact train (BM25 "
