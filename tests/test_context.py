@@ -210,7 +210,7 @@ def test_a_blank_passage_is_traced_not_silently_lost():
 def test_mmr_without_a_model_is_refused_not_silently_ignored():
     """Without a model every probability is NaN, so MMR's argmax always took the first piece: refuse it."""
     with pytest.raises(ValueError, match="mmr_lambda=1"):
-        ContextSelector(None, Encoder("cat"), min_probability=0, mmr_lambda=0.5)
+        ContextSelector(None, Encoder("cat"), abstain_below=0, min_probability=0, mmr_lambda=0.5)
     documents = ["cat one.", "cat two.", "dog three."]
     logits = {"cat one.": 3, "cat two.": 2, "dog three.": 1}
     selector = ContextSelector(Stub(logits), Encoder("cat"), granularity="passage", min_probability=0,
@@ -263,13 +263,15 @@ def is_boundary(text: str, index: int) -> bool:
 @given(documents=documents, budget=st.integers(1, 2000), granularity=st.sampled_from(["passage", "sentence"]),
        order=st.sampled_from(["score", "document", "ends"]), neighbours=st.integers(0, 2),
        counter=st.sampled_from(COUNTERS), reranked=st.booleans(), min_probability=st.sampled_from([0.0, 0.5, 1.0]),
-       duplicate_cosine=st.sampled_from([None, 0.95]), mmr_lambda=st.sampled_from([1.0, 0.5]))
+       abstain_below=st.sampled_from([0.0, 0.5, 1.0]), duplicate_cosine=st.sampled_from([None, 0.95]),
+       mmr_lambda=st.sampled_from([1.0, 0.5]))
 def test_never_over_budget_and_nothing_lost_without_a_trace(tiny, tiny_bi, counters, documents, budget, granularity,
                                                            order, neighbours, counter, reranked, min_probability,
-                                                           duplicate_cosine, mmr_lambda):
+                                                           abstain_below, duplicate_cosine, mmr_lambda):
     count, reference = counters[counter]
     selector = ContextSelector(tiny if reranked else None, tiny_bi, granularity=granularity, order=order,
                                neighbours=neighbours, min_probability=min_probability if reranked else 0,
+                               abstain_below=abstain_below if reranked else 0,
                                mmr_lambda=mmr_lambda if reranked else 1, duplicate_cosine=duplicate_cosine,
                                tokenizer=count)
     context = selector.select("which river flows through Paris?", documents, budget)
@@ -292,7 +294,7 @@ def test_never_over_budget_and_nothing_lost_without_a_trace(tiny, tiny_bi, count
             first, second = sorted([a, b], key=lambda s: s.start)
             assert documents[int(a.passage_id)]["text"][first.end:second.start].strip()
     for dropped in context.dropped:
-        assert dropped.reason in ("empty", "floor", "duplicate", "budget")
+        assert dropped.reason in ("empty", "abstain", "floor", "duplicate", "budget")
         assert 0 <= dropped.start <= dropped.end <= len(documents[int(dropped.passage_id)]["text"])
     traced = {s.passage_id for s in context.snippets} | {d.passage_id for d in context.dropped}
     assert traced == {str(i) for i in range(len(documents))}  # every passage quoted or traced
@@ -328,10 +330,30 @@ DOCS = ["Hamlet is a tragedy written by William Shakespeare around 1600. It is s
 
 
 def test_a_floor_no_passage_reaches_abstains_and_says_why(tiny):
-    context = ContextSelector(tiny, min_probability=1.0, duplicate_cosine=None).select(QUERY, DOCS, 500)
+    selector = ContextSelector(tiny, abstain_below=0, min_probability=1.0, duplicate_cosine=None)
+    context = selector.select(QUERY, DOCS, 500)
     assert context.abstained and context.snippets == [] and context.tokens == 0 and context.render() == ""
     assert "relevance floor" in context.reason and "min_probability 1.0" in context.reason
     assert [(d.passage_id, d.reason) for d in context.dropped] == [(str(i), "floor") for i in range(len(DOCS))]
+
+
+def test_abstention_is_decided_on_the_best_passage_and_the_floor_on_each(tiny):
+    """abstain_below judges the list by its best passage; once the list answers, passages weaker than
+    abstain_below but above the floor still go in: the two thresholds answer different questions."""
+    from crossrank.types import Document
+
+    probabilities = tiny.probabilities(tiny.score([QUERY] * len(DOCS), [Document(text=t) for t in DOCS]).logits)
+    best = float(probabilities.max())
+    above_best = float(np.nextafter(np.float32(best), np.float32(1)))
+    context = ContextSelector(tiny, granularity="passage", abstain_below=above_best, min_probability=0,
+                              duplicate_cosine=None).select(QUERY, DOCS, 1000)
+    assert context.abstained and context.snippets == [] and context.render() == ""
+    assert "abstain_below" in context.reason and f"{best:.3f}" in context.reason
+    assert [(d.passage_id, d.reason) for d in context.dropped] == [(str(i), "abstain") for i in range(len(DOCS))]
+    assert context.to_dict()["abstain_below"] == above_best
+    context = ContextSelector(tiny, granularity="passage", abstain_below=best, min_probability=0,
+                              duplicate_cosine=None).select(QUERY, DOCS, 1000)
+    assert not context.abstained and {s.passage_id for s in context.snippets} == {str(i) for i in range(len(DOCS))}
 
 
 def test_the_floor_keeps_exactly_the_passages_at_or_above_it(tiny):
@@ -341,7 +363,7 @@ def test_the_floor_keeps_exactly_the_passages_at_or_above_it(tiny):
     floor = float(np.sort(probabilities)[len(DOCS) // 2])
     above = {str(i) for i, p in enumerate(probabilities) if p >= floor}
     assert 0 < len(above) < len(DOCS)
-    context = ContextSelector(tiny, granularity="passage", min_probability=floor,
+    context = ContextSelector(tiny, granularity="passage", abstain_below=0, min_probability=floor,
                               duplicate_cosine=None).select(QUERY, DOCS, 1000)
     assert not context.abstained and {s.passage_id for s in context.snippets} == above
     assert all(s.passage_probability >= floor for s in context.snippets)
@@ -353,11 +375,11 @@ def test_the_floor_keeps_exactly_the_passages_at_or_above_it(tiny):
 def test_no_candidates_abstains_and_no_model_refuses_a_floor(tiny):
     context = ContextSelector(tiny, duplicate_cosine=None).select(QUERY, [], 100)
     assert context.abstained and context.snippets == [] and "no candidates" in context.reason
-    with pytest.raises(ValueError, match="relevance floor needs a cross-encoder"):
-        ContextSelector(None, duplicate_cosine=None)  # the default floor is 0.2
-    with pytest.raises(ValueError, match="relevance floor needs a cross-encoder"):
-        ContextSelector(None, min_probability=0.01, duplicate_cosine=None)
-    baseline = ContextSelector(None, min_probability=0, duplicate_cosine=None, granularity="passage")
+    for thresholds in ({}, {"abstain_below": 0, "min_probability": 0.01},
+                       {"abstain_below": 0.01, "min_probability": 0}):
+        with pytest.raises(ValueError, match="abstention needs a cross-encoder's probabilities"):
+            ContextSelector(None, duplicate_cosine=None, **thresholds)  # the defaults are above 0
+    baseline = ContextSelector(None, abstain_below=0, min_probability=0, duplicate_cosine=None, granularity="passage")
     context = baseline.select(QUERY, DOCS, 1000)  # first-stage order, no probabilities
     assert [s.passage_id for s in context.snippets] == [str(i) for i in range(len(DOCS))]
     assert all(math.isnan(s.probability) for s in context.snippets)
@@ -589,7 +611,8 @@ def test_an_index_source_carries_passage_and_doc_ids_and_applies_filters(tiny, s
         assert nothing.abstained and "no candidates" in nothing.reason
     with pytest.raises(ValueError, match="unknown filter field"):
         selector.select("lava", small_index, 400, filters={"colour": "red"})
-    first_stage = ContextSelector(None, min_probability=0, duplicate_cosine=None, granularity="passage")
+    first_stage = ContextSelector(None, abstain_below=0, min_probability=0, duplicate_cosine=None,
+                                  granularity="passage")
     context = first_stage.select("lava basalt", small_index, 400)
     assert context.snippets and all(s.doc_id in ("v", "g", "b") for s in context.snippets)
 
@@ -656,7 +679,7 @@ def test_select_context_is_one_call(tiny):
 def test_to_dict_without_a_model_is_strict_json() -> None:
     from crossrank.context import ContextSelector
 
-    context = ContextSelector(None, min_probability=0, duplicate_cosine=None).select(
+    context = ContextSelector(None, abstain_below=0, min_probability=0, duplicate_cosine=None).select(
         "q", ["one sentence here. Another one there.", "a second passage."], 30)
     text = json.dumps(context.to_dict(), allow_nan=False)  # raises on NaN
     assert json.loads(text)["snippets"][0]["probability"] is None

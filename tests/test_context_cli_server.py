@@ -103,7 +103,7 @@ def test_packing_counts_each_piece_once_not_once_per_round():
 
     sentences = [f"Sentence {i} is about topic {i % 7} and nothing else." for i in range(200)]
     documents = [" ".join(sentences[i:i + 10]) for i in range(0, 200, 10)]
-    selector = ContextSelector(None, min_probability=0, duplicate_cosine=None, tokenizer=Counting())
+    selector = ContextSelector(None, abstain_below=0, min_probability=0, duplicate_cosine=None, tokenizer=Counting())
     context = selector.select("topic 3", documents, budget_tokens=60)
     assert context.snippets and context.tokens <= 60
     assert Counting.counted < 10 * len(sentences)  # was about 3 * 200² / 2 = 60,000
@@ -120,8 +120,8 @@ def test_cli_choices_are_the_librarys():
 
 def test_cli_text_then_json(index_dir: Path, tiny_model_dir: Path, tmp_path: Path):
     before, generation_before = snapshot(index_dir), generation(index_dir)
-    base = ["context", str(index_dir), QUESTION, "--budget", "200", "-m", str(tiny_model_dir), "--min-probability",
-            "0", "--candidates", "10"]
+    base = ["context", str(index_dir), QUESTION, "--budget", "200", "-m", str(tiny_model_dir), "--abstain-below", "0",
+            "--min-probability", "0", "--candidates", "10"]
     text = runner.invoke(app, base)
     assert text.exit_code == 0, text.output
     assert text.stdout.startswith("[1] ") and "Traceback" not in text.output
@@ -135,7 +135,8 @@ def test_cli_text_then_json(index_dir: Path, tiny_model_dir: Path, tmp_path: Pat
     assert out.exit_code == 0, out.output
     payload = json.loads(out.stdout)
     assert payload == json.loads(saved.read_text(encoding="utf-8"))
-    assert payload["abstained"] is False and payload["reason"] is None and payload["min_probability"] == 0
+    assert payload["abstained"] is False and payload["reason"] is None
+    assert payload["min_probability"] == payload["abstain_below"] == 0
     assert (payload["budget"], payload["granularity"], payload["order"], payload["style"]) == (
         200, "passage", "document", "xml")
     assert 0 < payload["tokens"] <= 200 and payload["rendered"].startswith('<source id="1" doc=')
@@ -149,8 +150,8 @@ def test_cli_text_then_json(index_dir: Path, tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_cli_abstains_below_the_floor(index_dir: Path, tiny_model_dir: Path):
-    args = ["context", str(index_dir), QUESTION, "--budget", "200", "-m", str(tiny_model_dir), "--min-probability",
-            "1.0", "--candidates", "10"]
+    args = ["context", str(index_dir), QUESTION, "--budget", "200", "-m", str(tiny_model_dir), "--abstain-below", "0",
+            "--min-probability", "1.0", "--candidates", "10"]
     text = runner.invoke(app, args)
     assert text.exit_code == 0, text.output  # abstaining is an answer, not an error
     last = text.stderr.strip().splitlines()[-1]  # after any one-time status line (an ONNX export)
@@ -161,10 +162,21 @@ def test_cli_abstains_below_the_floor(index_dir: Path, tiny_model_dir: Path):
     assert "relevance floor" in payload["reason"] and {d["reason"] for d in payload["dropped"]} == {"floor"}
 
 
+def test_cli_abstains_when_the_best_passage_is_below_abstain_below(index_dir: Path, tiny_model_dir: Path):
+    args = ["context", str(index_dir), QUESTION, "--budget", "200", "-m", str(tiny_model_dir), "--abstain-below",
+            "1.0", "--min-probability", "0", "--candidates", "10", "--format", "json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["abstained"] is True and payload["snippets"] == [] and payload["abstain_below"] == 1.0
+    assert "nothing here looks like an answer" in payload["reason"]
+    assert {d["reason"] for d in payload["dropped"]} == {"abstain"}
+
+
 def test_cli_uses_the_indexes_adapted_model(index_dir: Path, tiny_model_dir: Path):
     shutil.copytree(tiny_model_dir, index_dir / "adapted-model")
-    result = runner.invoke(app, ["context", str(index_dir), QUESTION, "--budget", "100", "--min-probability", "0",
-                                 "--candidates", "5"])
+    result = runner.invoke(app, ["context", str(index_dir), QUESTION, "--budget", "100", "--abstain-below", "0",
+                                 "--min-probability", "0", "--candidates", "5"])
     assert result.exit_code == 0, result.output
     assert f"the index's adapted model {index_dir / 'adapted-model'}" in result.stderr
 
@@ -245,7 +257,7 @@ def ask(client: TestClient, **fields):
 def test_http_context_scores_through_the_servers_batcher(served):
     client, scorer, root = served
     before = snapshot(root / "docs")
-    response = ask(client, min_probability=0)
+    response = ask(client, abstain_below=0, min_probability=0)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["index"] == "docs" and body["model"] == scorer.name and body["style"] == "numbered"
@@ -253,13 +265,18 @@ def test_http_context_scores_through_the_servers_batcher(served):
     assert body["rendered"].startswith("[1] ") and body["tokenizer"].startswith("estimate")
     assert [s["marker"] for s in body["snippets"]] == list(range(1, len(body["snippets"]) + 1))
     assert len(scorer.calls) >= 2  # the passages, then their sentences: both through the server's scorer
-    xml = ask(client, min_probability=0, style="xml", granularity="passage", order="ends", tokenizer="bert").json()
+    xml = ask(client, abstain_below=0, min_probability=0, style="xml", granularity="passage", order="ends",
+              tokenizer="bert").json()
     assert xml["rendered"].startswith('<source id="1"') and xml["order"] == "ends"
     assert xml["tokenizer"] == "bert"  # the configured name, never the server's path
-    abstained = ask(client, min_probability=1.0).json()
+    abstained = ask(client, abstain_below=0, min_probability=1.0).json()
     assert abstained["abstained"] is True and abstained["snippets"] == [] and abstained["rendered"] == ""
     assert "relevance floor" in abstained["reason"]
-    filtered = ask(client, min_probability=0, filters={"lang": "es"}).json()
+    nothing = ask(client, abstain_below=1.0, min_probability=0).json()
+    assert nothing["abstained"] is True and nothing["abstain_below"] == 1.0
+    assert "nothing here looks like an answer" in nothing["reason"]
+    assert nothing["dropped"] and {d["reason"] for d in nothing["dropped"]} == {"abstain"}
+    filtered = ask(client, abstain_below=0, min_probability=0, filters={"lang": "es"}).json()
     assert {s["doc_id"] for s in filtered["snippets"]} == {"madrid"}
     client.app.state.indexes.close()
     assert snapshot(root / "docs") == before
@@ -285,6 +302,7 @@ def test_http_context_needs_the_key(served):
     ({"tokenizer": "../../etc/passwd"}, 422, "tokenizer"),
     ({"granularity": "paragraph"}, 422, "granularity"),
     ({"min_probability": 1.5}, 422, "min_probability"),
+    ({"abstain_below": -0.1}, 422, "abstain_below"),
     ({"candidates": 21}, 413, "max_documents=20"),
     ({"candidates": 20}, 413, "max_request_tokens=2000"),
     ({"filters": {"colour": "red"}}, 409, "unknown filter field 'colour'"),

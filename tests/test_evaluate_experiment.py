@@ -436,9 +436,9 @@ def test_context_measures_count_documents_and_tokens() -> None:
         return Snippet(1, doc, doc, "", "t", 0, 1, 0.0, 0.5, 0.5, tokens)
 
     context = Context("q", [snip("a", 30), snip("b", 10), snip("a", 20)], 100, 62, "estimate", "sentence", "score",
-                      0.0)
+                      0.0, 0.0)
     assert measure(context, {"a", "c"}) == {"recall": 0.5, "precision": 50 / 60, "tokens": 62.0}
-    empty = measure(Context("q", [], 100, 0, "estimate", "sentence", "score", 0.0, abstained=True), {"a"})
+    empty = measure(Context("q", [], 100, 0, "estimate", "sentence", "score", 0.0, 0.0, abstained=True), {"a"})
     assert empty["recall"] == 0.0 and math.isnan(empty["precision"])
 
 

@@ -129,7 +129,7 @@ def test_compressor_rejects_bad_settings_and_inputs(tiny):
             CrossrankContextCompressor(budget_tokens=budget, **settings(tiny))
     with pytest.raises(ValueError, match="granularity"):
         CrossrankContextCompressor(budget_tokens=100, **settings(tiny, granularity="word"))
-    with pytest.raises(ValueError, match="relevance floor needs a cross-encoder"):
+    with pytest.raises(ValueError, match="abstention needs a cross-encoder"):
         CrossrankContextCompressor(budget_tokens=100, model=None)
     with pytest.raises(ValueError, match="budget_top"):
         CrossrankContextCompressor(budget_top=100, **settings(tiny))  # a misspelt field is refused, not ignored

@@ -35,9 +35,12 @@ def context(
              "last, weakest in the middle (long contexts).")] = "score",
     style: Annotated[Style, typer.Option(help="How snippets are rendered; each opens with its citation "
                                               "marker.")] = "numbered",
+    abstain_below: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Abstain (empty context, exit 0) when even the best passage's calibrated probability "
+                               "is below this (default: crossrank.context.DEFAULT_ABSTAIN_BELOW).")] = None,
     min_probability: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="Relevance floor: passages below this calibrated probability are left out; none "
-                               "left means abstain (default: crossrank.context.DEFAULT_MIN_PROBABILITY).")] = None,
+        min=0.0, max=1.0, help="Relevance floor: weaker passages are left out (default: "
+                               "crossrank.context.DEFAULT_MIN_PROBABILITY).")] = None,
     tokenizer: Annotated[Path | None, typer.Option(
         help="The reading LLM's tokenizer.json (or a folder holding one), to count the budget exactly (default: a "
              "conservative estimate from UTF-8 bytes).")] = None,
@@ -61,13 +64,15 @@ def context(
     json_path: JsonOption = None,
 ) -> None:
     """Select cited evidence for an LLM from an index: retrieve, rerank, keep what clears the relevance floor,
-    drop duplicates and pack the token budget. No passage over the floor is an abstention (exit 0, said on stderr)."""
+    drop duplicates and pack the token budget. A best passage below --abstain-below is an abstention (exit 0, said
+    on stderr)."""
     from crossrank.cli.index import parse_filters
     from crossrank.store import Index, adapted_model
 
     parsed_filters = parse_filters(filters or [])
     settings: dict[str, Any] = {"granularity": granularity, "order": order}
-    for name, value in (("min_probability", min_probability), ("candidates", candidates),
+    for name, value in (("abstain_below", abstain_below), ("min_probability", min_probability),
+                        ("candidates", candidates),
                         ("neighbours", neighbours), ("mmr_lambda", mmr_lambda)):
         if value is not None:
             settings[name] = value

@@ -99,6 +99,8 @@ def evaluate_context(
     depth: Annotated[int, typer.Option(min=1, help="First-stage candidates each system selects from.")] = 50,
     granularity: Annotated[Literal["passage", "sentence"], typer.Option(help="select_context's granularity.")]
         = "sentence",
+    abstain_below: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Abstention threshold on the best passage (default: the library's).")] = None,
     min_probability: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Relevance floor (default: the library's).")] = None,
     tokenizer: Annotated[Path | None, typer.Option(
@@ -113,7 +115,6 @@ def evaluate_context(
     """Evaluate RAG context selection: evidence recall, precision, tokens and abstention per token budget, against
     first-stage and cross-encoder-passage baselines, with Holm-corrected paired tests."""
     from crossrank.context import ContextSelector
-    from crossrank.context.selection import DEFAULT_MIN_PROBABILITY
     from crossrank.datasets import BeirDataset
     from crossrank.evaluate.context import ContextEvalConfig
     from crossrank.evaluate.context import evaluate_context as run
@@ -125,9 +126,10 @@ def evaluate_context(
         dataset = BeirDataset(Path(dataset_dir), split)
         config = ContextEvalConfig(budgets=_ints(budgets, "--budgets"), depth=depth,
                                    rel=relevance_threshold(dataset.qrels), permutations=permutations)
+        thresholds = {name: value for name, value in (("abstain_below", abstain_below),
+                                                      ("min_probability", min_probability)) if value is not None}
         selector = ContextSelector(CrossEncoder.from_pretrained(model, backend=backend), granularity=granularity,
-                                   min_probability=DEFAULT_MIN_PROBABILITY if min_probability is None
-                                   else min_probability, tokenizer=tokenizer)
+                                   tokenizer=tokenizer, **thresholds)
         result = run(dataset, selector, config, first=first, run_name=run_name, max_queries=max_queries,
                      say=lambda text: typer.echo(text, err=True))
     except (FileNotFoundError, ValueError, TypeError) as exc:

@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape, quoteattr
 Style = Literal["numbered", "xml", "markdown"]
 STYLES: tuple[Style, ...] = ("numbered", "xml", "markdown")
 SEPARATOR = "\n\n"
-DropReason = Literal["empty", "floor", "duplicate", "budget"]
+DropReason = Literal["empty", "abstain", "floor", "duplicate", "budget"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class Snippet:
 
 @dataclass(frozen=True)
 class Dropped:
-    """Evidence left out: `empty` (a blank passage: nothing to quote), `floor` (probability below the relevance
-    floor), `duplicate` (same or near-same text as a kept snippet: `detail` names it) or `budget` (did not fit in
-    what was left)."""
+    """Evidence left out: `empty` (a blank passage: nothing to quote), `abstain` (the whole list: even its best
+    passage is below `abstain_below`), `floor` (probability below the relevance floor), `duplicate` (same or
+    near-same text as a kept snippet: `detail` names it) or `budget` (did not fit in what was left)."""
 
     doc_id: str
     passage_id: str
@@ -79,8 +79,9 @@ class Context:
     """The selected evidence, in prompt order, with markers 1..n.
 
     `tokens` is the rendered context's size in the style that costs most, so any `render` style stays within
-    `budget`. `abstained` is True when no passage reached the relevance floor: the context is empty and `reason`
-    says why, so the caller can answer "not found" instead of letting the LLM guess."""
+    `budget`. `abstained` is True when even the best passage is below `abstain_below` (or none reached the
+    relevance floor): the context is empty and `reason` says why, so the caller can answer "not found" instead of
+    letting the LLM guess."""
 
     query: str
     snippets: Sequence[Snippet]
@@ -89,6 +90,7 @@ class Context:
     tokenizer: str
     granularity: str
     order: str
+    abstain_below: float
     min_probability: float
     abstained: bool = False
     reason: str | None = None
@@ -112,7 +114,7 @@ class Context:
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "abstained": self.abstained, "reason": self.reason, "budget": self.budget,
                 "tokens": self.tokens, "tokenizer": self.tokenizer, "granularity": self.granularity,
-                "order": self.order, "min_probability": self.min_probability,
+                "order": self.order, "abstain_below": self.abstain_below, "min_probability": self.min_probability,
                 "snippets": [s.to_dict() for s in self.snippets], "dropped": [d.to_dict() for d in self.dropped]}
 
 

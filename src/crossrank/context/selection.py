@@ -6,8 +6,11 @@
 
 Steps, each recorded in `Context.dropped` when it leaves something out:
 1. **Score passages** with the cross-encoder (from an index: retrieve, fuse, rerank the top `candidates`).
-2. **Relevance floor**: a passage whose calibrated probability is below `min_probability` is dropped; when none is
-   left the context is empty and `abstained` — the behaviour that keeps an LLM from answering from noise.
+2. **Abstain or floor**: when even the best passage's calibrated probability is below `abstain_below` the list is
+   judged not to hold the answer: the context is empty and `abstained` — the behaviour that keeps an LLM from
+   answering from noise. Otherwise a passage below the relevance floor `min_probability` (a lower bar: noise) is
+   dropped. Two thresholds, because they answer two questions: "does anything here answer?" is decided on the best
+   passage, while a weaker passage beside a good one still often holds evidence (a higher floor cost recall).
 3. **Granularity**: "passage" offers whole passages (cut to their leading sentences when the rest does not fit);
    "sentence" splits the kept passages into sentences, scores all of them in one batched pass and offers each
    (with `neighbours` sentences either side for coherence), so a long passage spends the budget only on its
@@ -22,7 +25,7 @@ Steps, each recorded in `Context.dropped` when it leaves something out:
    source's snippets together in reading order: for answers that need a passage's flow), or "ends" (best first
    and last, weakest in the middle: against the lost-in-the-middle effect of long contexts).
 
-The defaults (`DEFAULT_MIN_PROBABILITY`, `DEFAULT_SENTENCE_WEIGHT`, `DEFAULT_MMR_LAMBDA`) were chosen on training
+The defaults (`DEFAULT_ABSTAIN_BELOW`, `DEFAULT_MIN_PROBABILITY`, `DEFAULT_SENTENCE_WEIGHT`) were chosen on training
 splits only; the README's context section says on which and with what figures.
 """
 
@@ -53,8 +56,9 @@ Granularity = Literal["passage", "sentence"]
 Order = Literal["score", "document", "ends"]
 GRANULARITIES: tuple[Granularity, ...] = ("passage", "sentence")
 ORDERS: tuple[Order, ...] = ("score", "document", "ends")
-DEFAULT_MIN_PROBABILITY = 0.03
-DEFAULT_SENTENCE_WEIGHT = 0.5
+DEFAULT_ABSTAIN_BELOW = 0.05
+DEFAULT_MIN_PROBABILITY = 0.01
+DEFAULT_SENTENCE_WEIGHT = 0.75
 DEFAULT_MMR_LAMBDA = 1.0
 DEFAULT_DUPLICATE_COSINE = 0.95
 MAX_BUDGET_TOKENS = 1_000_000  # beyond any LLM's context window: a bigger number is a unit mistake
@@ -109,7 +113,8 @@ class ContextSelector:
     stack does without a reranker, useful to measure what reranking and span selection add."""
 
     def __init__(self, model: CrossEncoder | None | Literal["default"] = "default", encoder: BiEncoder | None = None,
-                 *, granularity: Granularity = "sentence", min_probability: float = DEFAULT_MIN_PROBABILITY,
+                 *, granularity: Granularity = "sentence", abstain_below: float = DEFAULT_ABSTAIN_BELOW,
+                 min_probability: float = DEFAULT_MIN_PROBABILITY,
                  sentence_weight: float = DEFAULT_SENTENCE_WEIGHT, neighbours: int = 0,
                  mmr_lambda: float = DEFAULT_MMR_LAMBDA, duplicate_cosine: float | None = DEFAULT_DUPLICATE_COSINE,
                  order: Order = "score", tokenizer: str | os.PathLike[str] | Tokenizer | TokenCounter | None = None,
@@ -118,8 +123,8 @@ class ContextSelector:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        for name, value in (("min_probability", min_probability), ("sentence_weight", sentence_weight),
-                            ("mmr_lambda", mmr_lambda)):
+        for name, value in (("abstain_below", abstain_below), ("min_probability", min_probability),
+                            ("sentence_weight", sentence_weight), ("mmr_lambda", mmr_lambda)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if duplicate_cosine is not None and not 0 < duplicate_cosine <= 1:
@@ -131,30 +136,32 @@ class ContextSelector:
             from crossrank.model.cross_encoder import CrossEncoder
 
             model = CrossEncoder.from_pretrained()
-        if model is None and min_probability > 0:
-            raise ValueError("a relevance floor needs a cross-encoder's probabilities: pass a model or "
-                             "min_probability=0")
+        if model is None and (min_probability > 0 or abstain_below > 0):
+            raise ValueError("a relevance floor or abstention needs a cross-encoder's probabilities: pass a model, "
+                             "or min_probability=0 and abstain_below=0")
         if model is None and mmr_lambda < 1:  # MMR weighs probabilities: NaN without a model, so it never acted
             raise ValueError("maximal marginal relevance needs a cross-encoder's probabilities: pass a model or "
                              "mmr_lambda=1")
         self.model, self._encoder = model, encoder
         self.granularity, self.order, self.neighbours, self.candidates = granularity, order, neighbours, candidates
-        self.min_probability, self.sentence_weight = float(min_probability), float(sentence_weight)
+        self.abstain_below, self.min_probability = float(abstain_below), float(min_probability)
+        self.sentence_weight = float(sentence_weight)
         self.mmr_lambda, self.duplicate_cosine = float(mmr_lambda), duplicate_cosine
         self.counter = token_counter(tokenizer)
 
     def __repr__(self) -> str:
         model = "first stage order" if self.model is None else self.model.name
         return (f"ContextSelector({model!r}, granularity={self.granularity!r}, "
-                f"min_probability={self.min_probability}, order={self.order!r}, tokens={self.counter.name!r})")
+                f"abstain_below={self.abstain_below}, min_probability={self.min_probability}, order={self.order!r}, "
+                f"tokens={self.counter.name!r})")
 
     def with_settings(self, **changes: Any) -> ContextSelector:
         """A copy that shares the loaded models, with some settings changed (a baseline, a per-request choice)."""
         settings = {"model": self.model, "encoder": self._encoder, "granularity": self.granularity,
-                    "min_probability": self.min_probability, "sentence_weight": self.sentence_weight,
-                    "neighbours": self.neighbours, "mmr_lambda": self.mmr_lambda,
-                    "duplicate_cosine": self.duplicate_cosine, "order": self.order, "tokenizer": self.counter,
-                    "candidates": self.candidates}
+                    "abstain_below": self.abstain_below, "min_probability": self.min_probability,
+                    "sentence_weight": self.sentence_weight, "neighbours": self.neighbours,
+                    "mmr_lambda": self.mmr_lambda, "duplicate_cosine": self.duplicate_cosine, "order": self.order,
+                    "tokenizer": self.counter, "candidates": self.candidates}
         return ContextSelector(**{**settings, **changes})
 
     @property
@@ -188,11 +195,17 @@ class ContextSelector:
         passages = [p for p in scored if p.sentences]  # a blank passage has nothing to quote
         dropped = [Dropped(p.candidate.doc_id, p.candidate.id, 0, len(p.candidate.text), "empty", p.probability,
                            "no text to quote") for p in scored if not p.sentences]
+        best = max((p.probability for p in passages), default=math.nan)
+        if self.model is not None and best < self.abstain_below:
+            reason = (f"nothing here looks like an answer: best probability {best:.3f} < abstain_below "
+                      f"{self.abstain_below}")
+            dropped += [self._dropped(passages, i, 0, len(p.sentences) - 1, "abstain", p.probability)
+                        for i, p in enumerate(passages)]
+            return self._context(query, budget, [], passages, dropped, abstained=True, reason=reason)
         kept = [i for i, p in enumerate(passages) if self.model is None or p.probability >= self.min_probability]
         dropped += [self._dropped(passages, i, 0, len(p.sentences) - 1, "floor", p.probability)
                     for i, p in enumerate(passages) if i not in set(kept)]
         if not kept:
-            best = max((p.probability for p in passages), default=None)
             reason = ("no candidates to select from" if not scored else
                       "every candidate is blank: no text to select from" if not passages else
                       f"no passage reached the relevance floor: best probability {best:.3f} < "
@@ -428,7 +441,7 @@ class ContextSelector:
             ordered.pop(weakest)
             snippets = self._snippets(passages, ordered)
         return Context(query, snippets, budget, self._tokens(snippets), self.counter.name, self.granularity,
-                       self.order, self.min_probability, abstained, reason, dropped)
+                       self.order, self.abstain_below, self.min_probability, abstained, reason, dropped)
 
     def _snippets(self, passages: list[_Passage], pieces: list[_Piece]) -> list[Snippet]:
         out = []

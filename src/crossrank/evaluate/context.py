@@ -150,7 +150,8 @@ class ContextEvaluation:
         self.scorer = MemoScorer(selector.model)
         encoder = MemoEncoder(selector.encoder) if selector.duplicate_cosine is not None or selector.mmr_lambda < 1 \
             else None
-        passages_only = {"granularity": "passage", "min_probability": 0, "duplicate_cosine": None, "mmr_lambda": 1}
+        passages_only = {"granularity": "passage", "abstain_below": 0, "min_probability": 0, "duplicate_cosine": None,
+                         "mmr_lambda": 1}
         self.systems: dict[str, ContextSelector] = {
             "first-stage": selector.with_settings(model=None, **passages_only),
             "ce-passages": selector.with_settings(model=self.scorer, **passages_only),

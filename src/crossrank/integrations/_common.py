@@ -23,6 +23,7 @@ from crossrank.context import (
     Snippet,
 )
 from crossrank.context.selection import (
+    DEFAULT_ABSTAIN_BELOW,
     DEFAULT_DUPLICATE_COSINE,
     DEFAULT_MMR_LAMBDA,
     DEFAULT_SENTENCE_WEIGHT,
@@ -32,8 +33,8 @@ from crossrank.types import Document
 
 logger = logging.getLogger("crossrank.integrations")
 
-SELECTOR_SETTINGS = ("model", "encoder", "granularity", "min_probability", "sentence_weight", "neighbours",
-                     "mmr_lambda", "duplicate_cosine", "order", "tokenizer")
+SELECTOR_SETTINGS = ("model", "encoder", "granularity", "abstain_below", "min_probability", "sentence_weight",
+                     "neighbours", "mmr_lambda", "duplicate_cosine", "order", "tokenizer")
 _VALUES = (str, int, float, type(None))
 
 
@@ -79,14 +80,17 @@ class ContextSettings(BaseModel):
     budget_tokens: int = Field(description="most tokens the selected snippets may cost, rendered (1..1,000,000)")
     model: Any = Field(default="default", exclude=True,
                        description="a crossrank CrossEncoder, 'default' (the bundled one) or None (keep the "
-                                   "incoming order: no scores, so min_probability must be 0)")
+                                   "incoming order: no scores, so abstain_below and min_probability must be 0)")
     encoder: Any = Field(default=None, exclude=True,
                          description="a crossrank BiEncoder for near-duplicates and MMR; None loads the bundled one "
                                      "when first needed (never, with duplicate_cosine=None and mmr_lambda=1)")
     granularity: Granularity = Field(default="sentence", description="'sentence' spans or whole 'passage's")
+    abstain_below: float = Field(default=DEFAULT_ABSTAIN_BELOW,
+                                 description="when even the best document's calibrated probability is below this, "
+                                             "the result is empty (abstention)")
     min_probability: float = Field(default=DEFAULT_MIN_PROBABILITY,
-                                   description="relevance floor on the calibrated probability; nothing above it "
-                                               "means an empty result (abstention)")
+                                   description="relevance floor on the calibrated probability: weaker documents are "
+                                               "left out")
     sentence_weight: float = DEFAULT_SENTENCE_WEIGHT
     neighbours: int = 0
     mmr_lambda: float = DEFAULT_MMR_LAMBDA

@@ -61,10 +61,10 @@ def context_router() -> APIRouter:
     async def context(body: ContextRequest, request: Request) -> ContextResponse:
         """The best evidence for `query` from index `index` that fits `budget_tokens`, as prompt text with
         citation markers (`rendered`), the snippets behind the markers (doc, passage, character span, scores)
-        and what was left out and why (`dropped`: floor, duplicate, budget).
+        and what was left out and why (`dropped`: abstain, floor, duplicate, budget, empty).
 
         Retrieval uses every retriever the index has, fused; the top `candidates` are scored by the server's
-        cross-encoder. When no passage reaches `min_probability` the answer is still 200, with `abstained`: true,
+        cross-encoder. When even the best is below `abstain_below` the answer is still 200, with `abstained`: true,
         no snippets and the `reason`, so the caller can answer "not found" instead of letting the LLM guess."""
         app = request.app
         config: ServerConfig = app.state.config
@@ -111,7 +111,8 @@ def select(index: Index, model: BatchedModel, default_encoder: DefaultEncoder, c
            body: ContextRequest) -> Any:
     """Runs in a worker thread: the selector's scoring calls go back to the event loop's micro-batcher."""
     encoder = index.encoder if index.config.dense else default_encoder()
-    selector = ContextSelector(model, encoder, granularity=body.granularity, min_probability=body.min_probability,
+    selector = ContextSelector(model, encoder, granularity=body.granularity, abstain_below=body.abstain_below,
+                               min_probability=body.min_probability,
                                neighbours=body.neighbours, mmr_lambda=body.mmr_lambda, order=body.order,
                                tokenizer=counter, candidates=body.candidates)
     return selector.select(body.query, index, body.budget_tokens, filters=body.filter_dict())

@@ -369,9 +369,12 @@ class ContextRequest(RequestBody):
     style: Style = Field("numbered", description=(
         "How `rendered` is written: numbered ([1] title: text), xml (<source id=\"1\" ...>) or markdown; every "
         "style opens each snippet with its citation marker and fits the budget."))
+    abstain_below: float = Field(_SELECTOR_DEFAULTS["abstain_below"], ge=0, le=1, description=(
+        "When even the best passage's calibrated probability is below this, the answer is an abstention "
+        "(`abstained`: true, no snippets, `reason` says why): nothing retrieved looks like an answer."))
     min_probability: float = Field(_SELECTOR_DEFAULTS["min_probability"], ge=0, le=1, description=(
-        "Relevance floor on the cross-encoder's calibrated probability; when no passage reaches it the answer is "
-        "an abstention (`abstained`: true, no snippets, `reason` says why)."))
+        "Relevance floor on the cross-encoder's calibrated probability: weaker passages are left out (none left is "
+        "also an abstention)."))
     candidates: int = Field(_SELECTOR_DEFAULTS["candidates"], ge=1, le=1000, description=(
         "Passages the cross-encoder reads after retrieval and fusion (held to max_documents and "
         "max_request_tokens like /search's rerank_k; 413 beyond)."))
@@ -409,7 +412,8 @@ class ContextDropped(BaseModel):
     passage_id: str
     start: int
     end: int
-    reason: Literal["floor", "duplicate", "budget"] = Field(description=(
+    reason: Literal["empty", "abstain", "floor", "duplicate", "budget"] = Field(description=(
+        "empty: a blank passage; abstain: the context abstained (the best passage is below abstain_below); "
         "floor: below min_probability; duplicate: same or near-same text as a kept snippet (detail names it); "
         "budget: did not fit in what was left."))
     probability: float
@@ -420,13 +424,15 @@ class ContextResponse(BaseModel):
     index: str
     model: str = Field(description="The cross-encoder that scored the evidence.")
     query: str
-    abstained: bool = Field(description="True when no passage reached the relevance floor: answer 'not found'.")
+    abstained: bool = Field(description="True when nothing looks like an answer (the best passage is below "
+                                        "abstain_below, or none reached the floor): answer 'not found'.")
     reason: str | None = Field(description="Why the context abstained (null otherwise).")
     budget: int
     tokens: int = Field(description="The rendered context's size in the style that costs most (≤ budget).")
     tokenizer: str = Field(description="What counted the tokens: a configured tokenizer's name or the estimate.")
     granularity: Granularity
     order: Order
+    abstain_below: float
     min_probability: float
     style: Style
     rendered: str = Field(description="The context as prompt text in `style`; empty when abstained.")
