@@ -2,7 +2,8 @@
 
     python scripts/choose_context_defaults.py [--max-queries N] [--out eval-results/context-defaults.json]
 
-Per training set, its first-stage candidates are scored once (every setting reads the same scores), then:
+Each training list set is scored once (every setting reads the same scores); `recall` sets feed 1–2, `abstention`
+sets feed 3 (a set may be read twice: recall needs a real first stage, abstention each question's own candidates):
 1. `sentence_weight`: the best mean evidence recall at 256 tokens over the sets (no floor, no abstention);
 2. `min_probability`: the highest floor whose recall at 256 tokens stays within `--recall-tolerance` of no floor on
    every set (at that weight) — a floor only drops noise, it must not cost evidence;
@@ -37,12 +38,19 @@ class TrainingSet:
     first: str  # eval-context's first stage
     depth: int
     max_queries: int | None
+    measures: tuple[str, ...] = ("recall", "abstention")
 
 
-# TrecQA's shipped runs list the answers first (an oracle order), so its sets read BM25 over its sentence corpus.
-TRAINING = (TrainingSet("wikiqa:train", "auto", 50, 300), TrainingSet("wikiqa:dev", "auto", 50, None),
-            TrainingSet("trecqa:train", "bm25", 50, None), TrainingSet("trecqa:dev", "bm25", 50, None),
-            TrainingSet("scifact:train", "hybrid", 20, 100), TrainingSet("trec-dl-2021:test", "auto", 50, None))
+# TrecQA's shipped runs list the answers first (an oracle order): its recall lists read BM25 over its sentence corpus.
+TRAINING = (TrainingSet("wikiqa:train", "auto", 50, 300, ("recall",)),
+            TrainingSet("wikiqa:train", "auto", 50, None, ("abstention",)),
+            TrainingSet("wikiqa:dev", "auto", 50, None, ("abstention",)),
+            TrainingSet("trecqa:train", "bm25", 50, None, ("recall",)),
+            TrainingSet("trecqa:train", "auto", 50, None, ("abstention",)),
+            TrainingSet("trecqa:dev", "auto", 50, None, ("abstention",)),
+            TrainingSet("scifact:train", "hybrid", 20, 100, ("recall",)),
+            TrainingSet("scifact:train", "hybrid", 20, 200, ("abstention",)),
+            TrainingSet("trec-dl-2021:test", "auto", 50, None))
 BUDGETS = (128, 256, 512)
 DECIDING_BUDGET = 256
 WEIGHTS = (0.25, 0.5, 0.75, 1.0)
@@ -86,20 +94,25 @@ def evaluate_set(training: TrainingSet, selector: ContextSelector, scorer: MemoS
                                                     progress=False, say=lambda _: None)
     relevant = {q: {d for d, g in dataset.qrels[q].items() if g >= rel} for q in queries}
     lists = {q: candidates[q] for q in queries if any(c.doc_id in relevant[q] for c in candidates.get(q, []))}
-    answerable, stripped = best_probabilities(scorer, queries, lists, relevant)
-    abstention = {str(t): {"answered": float(np.mean(np.asarray(answerable) >= t)),
-                           "abstained": float(np.mean(np.asarray(stripped) < t))} for t in ABSTAIN}
-    return {"set": training.spec, "first": training.first, "depth": training.depth, "queries": len(lists),
-            "recall": recall_grid(selector, queries, lists, relevant), "abstention": abstention}
+    result = {"set": training.spec, "first": training.first, "depth": training.depth, "queries": len(lists)}
+    if "abstention" in training.measures:
+        answerable, stripped = best_probabilities(scorer, queries, lists, relevant)
+        result["abstention"] = {str(t): {"answered": float(np.mean(np.asarray(answerable) >= t)),
+                                         "abstained": float(np.mean(np.asarray(stripped) < t))} for t in ABSTAIN}
+    if "recall" in training.measures:
+        result["recall"] = recall_grid(selector, queries, lists, relevant)
+    return result
 
 
 def choose(results: list[dict], min_answered: float, tolerance: float) -> dict[str, float]:
     def recall(result: dict, floor: float, weight: float) -> float:
         return result["recall"][f"{floor}/{weight}"][DECIDING_BUDGET]
 
-    weight = max(WEIGHTS, key=lambda w: np.mean([recall(r, 0.0, w) for r in results]))
-    floor = max(f for f in FLOORS if all(recall(r, f, weight) >= recall(r, 0.0, weight) - tolerance for r in results))
-    answering = [t for t in ABSTAIN if all(r["abstention"][str(t)]["answered"] >= min_answered for r in results)]
+    recalls = [r for r in results if "recall" in r]
+    abstentions = [r["abstention"] for r in results if "abstention" in r]
+    weight = max(WEIGHTS, key=lambda w: np.mean([recall(r, 0.0, w) for r in recalls]))
+    floor = max(f for f in FLOORS if all(recall(r, f, weight) >= recall(r, 0.0, weight) - tolerance for r in recalls))
+    answering = [t for t in ABSTAIN if all(a[str(t)]["answered"] >= min_answered for a in abstentions)]
     return {"sentence_weight": weight, "min_probability": floor, "abstain_below": max(answering, default=0.0)}
 
 
@@ -116,12 +129,13 @@ def main() -> None:
     for training in TRAINING:
         results.append(evaluate_set(training, selector, scorer, args.max_queries))
         result = results[-1]
-        print(f"\n{result['set']} ({result['first']} top-{result['depth']}, {result['queries']} queries): "
-              f"recall at {', '.join(map(str, BUDGETS))} tokens by floor/sentence_weight")
-        for key, row in result["recall"].items():
+        print(f"\n{result['set']} ({result['first']} top-{result['depth']}, {result['queries']} queries); recall at "
+              f"{', '.join(map(str, BUDGETS))} tokens by floor/sentence_weight", flush=True)
+        for key, row in result.get("recall", {}).items():
             print(f"  {key:10} " + "  ".join(f"{row[b]:.4f}" for b in BUDGETS))
-        print("  abstain_below: answered / abstained on no-answer  " + "  ".join(
-            f"{t}: {v['answered']:.2f}/{v['abstained']:.2f}" for t, v in result["abstention"].items()), flush=True)
+        if "abstention" in result:
+            print("  abstain_below: answered / abstained on no-answer  " + "  ".join(
+                f"{t}: {v['answered']:.2f}/{v['abstained']:.2f}" for t, v in result["abstention"].items()))
     chosen = choose(results, args.min_answered, args.recall_tolerance)
     print(f"\nchosen: {chosen}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
