@@ -143,14 +143,16 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
     python = sys.executable
     all_ = {
         # A generous timeout: under this benchmark's overload crossrank's default 60 s would shed requests
-        # (503 + Retry-After) where the peers, which have no timeout, just keep them waiting. No score cache: the
-        # load cycles a finite pool of requests, and answering its repeats from memory would time the cache.
+        # (503 + Retry-After) where the peers, which have no timeout, just keep them waiting. No score or segment
+        # cache: the load cycles a finite pool of requests, and answering its repeats from memory would time the
+        # cache.
         "crossrank": Contender("crossrank", [python, "-c", "from crossrank.cli import main; main()", "serve",
                                              "--model", str(model), "--log-level", "warning", "--timeout", "900",
-                                             "--score-cache", "0"], "/v1/rerank", {}),
+                                             "--score-cache", "0", "--segment-cache", "0"], "/v1/rerank", {}),
         "crossrank-int8": Contender("crossrank-int8", [python, "-c", "from crossrank.cli import main; main()",
                                                        "serve", "--model", str(model), "--log-level", "warning",
-                                                       "--timeout", "900", "--int8", "--score-cache", "0"],
+                                                       "--timeout", "900", "--int8", "--score-cache", "0",
+                                                       "--segment-cache", "0"],
                                 "/v1/rerank", {}),
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
                                            str(model), "--engine", "torch", "--device", "cpu", "--host",

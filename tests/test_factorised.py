@@ -1,5 +1,6 @@
 """Factorised scoring of a closed-gate gated cross-encoder: the same logits as the joint graph (torch, ONNX, int8,
-windowed documents), each distinct segment encoded once, and never used where a gate is open."""
+windowed documents), each distinct segment encoded once (across calls too, with a segment cache), and never used
+where a gate is open."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ PAIRS = [("what is the capital of france", "Paris is the capital and largest cit
 
 
 @pytest.fixture(scope="module")
-def closed_dir(tiny_gated_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return close_gates(tiny_gated_dir, tmp_path_factory.mktemp("closed") / "model")
+def closed_dir(closed_gated_dir: Path) -> Path:
+    return closed_gated_dir
 
 
 def test_only_a_gated_model_with_every_gate_closed_factorises(tiny_gated_dir: Path, closed_dir: Path,
@@ -78,6 +79,40 @@ def test_each_distinct_segment_is_encoded_once(closed_dir: Path) -> None:
     assert logits.shape == (len(rows),)
 
 
+def test_a_segment_cache_encodes_recurring_documents_once_and_changes_no_score(closed_dir: Path) -> None:
+    plain = CrossEncoder.from_pretrained(closed_dir, backend="torch")
+    cached = CrossEncoder.from_pretrained(closed_dir, backend="torch", segment_cache_entries=100)
+    seen: list[int] = []
+    run = cached.backend.run
+
+    def counting_run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append(len(batch["input_ids"]))
+        return run(batch)
+
+    cached.factorised.run = counting_run
+    queries, documents = [q for q, _ in PAIRS], _documents()
+    first = cached.score(queries, documents)
+    encoded = sum(seen)
+    np.testing.assert_allclose(first.logits, plain.score(queries, documents).logits, atol=1e-5)
+    seen.clear()
+    short = documents[:-1]  # a long document's windows depend on the query's length (the pair's token budget)
+    other = ["a new question about rivers"] * len(short)  # the same documents come back for another query
+    again = cached.score(other, short)
+    assert sum(seen) == 1  # only the new query was encoded
+    np.testing.assert_allclose(again.logits, plain.score(other, short).logits, atol=1e-5)
+    stats = cached.segment_cache.stats()
+    assert stats.entries == encoded + 1 and stats.hits == len(set(_documents_text()[:-1]))
+
+
+def test_a_segment_cache_stays_within_its_bound(closed_dir: Path) -> None:
+    cached = CrossEncoder.from_pretrained(closed_dir, backend="torch", segment_cache_entries=3)
+    scores = cached.score([q for q, _ in PAIRS], _documents())
+    assert cached.segment_cache.stats().entries == 3
+    np.testing.assert_allclose(cached.score([q for q, _ in PAIRS], _documents()).logits, scores.logits, atol=1e-6)
+    unfactorised = CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False, segment_cache_entries=3)
+    assert unfactorised.segment_cache is None  # a joint graph has no segments to keep
+
+
 def _documents_text() -> list[str]:
     return [d for _, d in PAIRS]
 
@@ -98,3 +133,21 @@ def test_export_writes_the_segments_graph_the_engine_runs(closed_dir: Path) -> N
     paths = result.stdout.split()
     assert len(paths) == 4 and "-classification-" in paths[0] and "-segments-" in paths[2]
     assert paths[2].endswith("model.onnx") and paths[3].endswith("model.int8.onnx")
+
+
+def test_the_server_keeps_segments_of_a_factorised_model_and_exports_their_hit_rate(closed_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from crossrank.server.app import create_app
+    from crossrank.server.config import ServerConfig
+
+    documents = _documents_text()[:3]  # three distinct short documents
+    with TestClient(create_app(ServerConfig(model=str(closed_dir), score_cache_entries=0))) as client:
+        for query in ("capital of france", "vaccines"):
+            assert client.post("/v1/rerank", json={"query": query, "documents": documents}).status_code == 200
+        metrics = client.get("/metrics").text
+    # 1 query + 3 documents encoded, then the second query's 3 documents come from memory
+    assert "crossrank_segment_cache_hits_total 3.0" in metrics and "crossrank_segment_cache_misses_total 5.0" in metrics
+    assert "crossrank_segment_cache_entries 5.0" in metrics and "crossrank_score_cache" not in metrics
+    with pytest.raises(ValueError, match="segment_cache_entries"):
+        ServerConfig(segment_cache_entries=-1)

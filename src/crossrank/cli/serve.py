@@ -31,6 +31,8 @@ def serve(
                                              "--engine-batch-tokens")] = 2048,
     score_cache: Annotated[int, _opt("Scored pairs kept so exact repeats skip the model (0: off; ~150 bytes each).",
                                      "SCORE_CACHE", "--score-cache")] = 65536,
+    segment_cache: Annotated[int, _opt("Encoded segments a factorised model keeps so recurring documents skip it "
+                                       "(0: off; ~1.7 kB each).", "SEGMENT_CACHE", "--segment-cache")] = 16384,
     max_wait_ms: Annotated[float, _opt("Longest wait for a batch to fill.", "MAX_WAIT_MS", "--max-wait-ms")] = 2.0,
     max_queue_pairs: Annotated[int, _opt("Queue bound; beyond it 503 + Retry-After.", "MAX_QUEUE_PAIRS",
                                          "--max-queue-pairs")] = 20000,
@@ -93,6 +95,7 @@ def serve(
         config = ServerConfig(
             model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
             batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, score_cache_entries=score_cache,
+            segment_cache_entries=segment_cache,
             max_wait_ms=max_wait_ms,
             max_queue_pairs=max_queue_pairs,
             request_timeout_s=timeout, workers=workers, max_documents=max_documents,

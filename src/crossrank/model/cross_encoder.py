@@ -20,7 +20,7 @@ from crossrank.model.backends import Backend, BackendName, load_backend
 from crossrank.model.batching import iter_batches
 from crossrank.model.calibration import Calibrator
 from crossrank.model.checkpoint import Checkpoint
-from crossrank.model.factorised import FactorisedScorer, gates_closed
+from crossrank.model.factorised import FactorisedScorer, SegmentCache, gates_closed
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.score_cache import ScoreCache
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
@@ -83,7 +83,7 @@ class CrossEncoder:
     def __init__(self, checkpoint: Checkpoint, backend: Backend, pair_encoder: PairEncoder, pad_id: int,
                  batch_tokens: int, aggregate: Aggregate, calibrator: Calibrator,
                  interpolation: FirstStageInterpolation | None, quantize: str | None,
-                 cache_entries: int = 0, factorised: bool = False) -> None:
+                 cache_entries: int = 0, factorised: bool = False, segment_cache_entries: int = 0) -> None:
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         if batch_tokens <= 0:
@@ -101,7 +101,9 @@ class CrossEncoder:
         # Scored pairs kept for exact repeats (0: none); see `crossrank.model.score_cache`.
         self.cache = ScoreCache(cache_entries) if cache_entries else None
         # A closed-gate gated model runs one segment at a time (`backend` is then its segments graph).
-        self.factorised = FactorisedScorer(backend.run, pad_id, batch_tokens) if factorised else None
+        # Its segment vectors kept so a document seen before is not encoded again (0: none).
+        segments = SegmentCache(segment_cache_entries) if factorised and segment_cache_entries else None
+        self.factorised = FactorisedScorer(backend.run, pad_id, batch_tokens, segments) if factorised else None
 
     @classmethod
     def from_pretrained(
@@ -119,6 +121,7 @@ class CrossEncoder:
         threads: int | None = None,
         cache_entries: int = 0,
         factorise: bool | None = None,
+        segment_cache_entries: int = 0,
     ) -> CrossEncoder:
         """Load a local checkpoint directory (None or "default": the bundled crossrank model), with the
         calibration and first-stage weight it ships (calibration.json, fusion.json) when present.
@@ -130,6 +133,9 @@ class CrossEncoder:
         `crossrank serve` turns it on). `factorise` (None: whenever the model allows it) scores a gated model
         whose cross-segment gates are all closed one segment at a time — the same logits, each query and document
         window encoded once (`crossrank.model.factorised`); False runs the joint graph, True requires closed gates.
+        `segment_cache_entries` keeps that many encoded segments of a factorised model, so documents that recur
+        across queries are encoded once (off by default for the same reason; a model that is not factorised has no
+        segments to keep and ignores it).
         """
         checkpoint = Checkpoint.open(path)
         closed = gates_closed(checkpoint)
@@ -150,7 +156,7 @@ class CrossEncoder:
         head = "segments" if factorised else "classification"
         return cls(checkpoint, load_backend(checkpoint, head, backend, quantize, threads), encoder, pad_id,
                    batch_tokens, aggregate, Calibrator.load(checkpoint.path), interpolation, quantize, cache_entries,
-                   factorised)
+                   factorised, segment_cache_entries)
 
     @property
     def name(self) -> str:
@@ -165,6 +171,10 @@ class CrossEncoder:
         factorised = ", factorised" if self.factorised else ""
         return (f"CrossEncoder({self.name!r}, backend={self.backend.name!r}{quant}, max_length={self.max_length}"
                 f"{factorised})")
+
+    @property
+    def segment_cache(self) -> SegmentCache | None:
+        return None if self.factorised is None else self.factorised.cache
 
     def predict(self, pairs: Sequence[tuple[str, Any]], *, show_progress_bar: bool = False) -> np.ndarray:
         """Relevance logits for (query, document) pairs, in input order (sentence-transformers' `predict`)."""

@@ -10,16 +10,23 @@ a plain BERT graph whose attention ONNX Runtime fuses (the joint graph's two-pat
 kernel): fewer tokens — the query is not re-read beside every candidate — and faster ones. The windows are the
 pair encoder's, cut from the same rows the joint graph would run, so the two paths score the same pairs with the
 same tokens; tests hold them equal. A model whose gates opened (a GPU run, `crossrank adapt`) is not factorised.
+
+A segment's vector depends on its tokens alone, so a `SegmentCache` lets a document that comes back in a later
+call — another user's query over the same popular pages — skip the model (within one call each distinct segment
+is encoded once anyway). A document longer than one window only comes back as the same tokens for a query of the
+same length: the pair's token budget sets where its windows fall.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crossrank.model.batching import iter_batches
 from crossrank.model.gated import is_gated
+from crossrank.model.score_cache import BoundedCache
 from crossrank.model.tokenization import EncodedRow
 
 if TYPE_CHECKING:
@@ -48,46 +55,77 @@ def gates_closed(checkpoint: Checkpoint) -> bool:
         return not np.any(handle.get_tensor(GATES_TENSOR))
 
 
-class FactorisedScorer:
-    """Turns the joint pair rows into distinct query and document segments, runs the segments graph on each once,
-    and combines: row logit = query vector · document vector + the query's [CLS] term."""
+class SegmentCache(BoundedCache[np.ndarray]):
+    """Segment token ids → its vector (the segments graph's output row); about 1.7 kB per entry for a 384-wide
+    model."""
 
-    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], pad_id: int, batch_tokens: int) -> None:
+    @staticmethod
+    def key(ids: np.ndarray) -> bytes:
+        return hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
+
+
+class FactorisedScorer:
+    """Turns the joint pair rows into distinct query and document segments, runs the segments graph on each once
+    (or not at all when `cache` holds its vector), and combines: row logit = query vector · document vector + the
+    query's [CLS] term."""
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], pad_id: int, batch_tokens: int,
+                 cache: SegmentCache | None = None) -> None:
         self.run = run  # a backend's run over the "segments" head
         self.pad_id = pad_id
         self.batch_tokens = batch_tokens
+        self.cache = cache
 
     def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None) -> np.ndarray:
         """One logit per joint row (same order); `progress` is reset to count the distinct segments encoded."""
         index: dict[bytes, int] = {}
-        segments: list[EncodedRow] = []
+        segments: list[np.ndarray] = []
         pairs = np.empty((len(rows), 2), dtype=np.int64)
 
         def segment_of(ids: np.ndarray) -> int:
             key = ids.tobytes()
             if key not in index:
                 index[key] = len(segments)
-                segments.append(EncodedRow(len(segments), ids, np.zeros_like(ids)))
+                segments.append(ids)
             return index[key]
 
         for i, row in enumerate(rows):
             split = int(np.count_nonzero(row.token_type_ids == 0))  # the query segment comes first, type 0
             pairs[i] = segment_of(row.input_ids[:split]), segment_of(row.input_ids[split:])
-        if progress is not None:
-            progress.reset(total=len(segments))
-            progress.unit = "segment"
-        vectors: np.ndarray | None = None
-        for indices, batch in iter_batches(segments, self.batch_tokens, self.pad_id):
-            out = self.run(batch)
-            if vectors is None:
-                vectors = np.empty((len(segments), out.shape[1]), dtype=np.float32)
-            vectors[indices] = out
-            if progress is not None:
-                progress.update(len(indices))
-        if vectors is None:
+        if not segments:
             return np.zeros(0, dtype=np.float32)
+        vectors = self._vectors(segments, progress)
         queries, documents = vectors[pairs[:, 0]], vectors[pairs[:, 1]]
         return (np.einsum("ij,ij->i", queries[:, :-1], documents[:, :-1]) + queries[:, -1]).astype(np.float32)
+
+    def _vectors(self, segments: list[np.ndarray], progress: tqdm | None) -> np.ndarray:
+        """One row per segment: from the cache where it has them, from the model for the rest."""
+        cache = self.cache
+        keys = [SegmentCache.key(ids) for ids in segments] if cache is not None else []
+        known = cache.get_many(keys) if cache is not None else [None] * len(segments)
+        missing = [i for i, vector in enumerate(known) if vector is None]
+        if progress is not None:
+            progress.reset(total=len(missing))
+            progress.unit = "segment"
+        fresh: np.ndarray | None = None
+        to_encode = [EncodedRow(j, segments[i], np.zeros_like(segments[i])) for j, i in enumerate(missing)]
+        for indices, batch in iter_batches(to_encode, self.batch_tokens, self.pad_id):
+            out = self.run(batch)
+            if fresh is None:
+                fresh = np.empty((len(missing), out.shape[1]), dtype=np.float32)
+            fresh[indices] = out
+            if progress is not None:
+                progress.update(len(indices))
+        width = fresh.shape[1] if fresh is not None else next(v for v in known if v is not None).shape[0]
+        vectors = np.empty((len(segments), width), dtype=np.float32)
+        for i, vector in enumerate(known):
+            if vector is not None:
+                vectors[i] = vector
+        if fresh is not None:
+            vectors[missing] = fresh
+            if cache is not None:
+                cache.put_many([keys[i] for i in missing], [row.copy() for row in fresh])
+        return vectors
 
 
 def close_gates(source: Path, out: Path) -> Path:

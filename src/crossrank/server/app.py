@@ -88,7 +88,8 @@ def load_scorer(config: ServerConfig) -> EncoderScorer:
 
     return EncoderScorer(CrossEncoder.from_pretrained(
         config.model, backend=config.backend, quantize=config.quantize,  # type: ignore[arg-type]
-        threads=config.threads, batch_tokens=config.engine_batch_tokens, cache_entries=config.score_cache_entries))
+        threads=config.threads, batch_tokens=config.engine_batch_tokens, cache_entries=config.score_cache_entries,
+        segment_cache_entries=config.segment_cache_entries))
 
 
 def load_ltr(config: ServerConfig) -> LambdaMART | None:
@@ -135,7 +136,7 @@ def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastA
     app.state.context_encoder = DefaultEncoder()
     app.state.ltr = load_ltr(config)
     # A scorer without a cache (a test double, Ray's remote one) exports nothing.
-    metrics.watch_score_cache(lambda: getattr(app.state.scorer, "cache_stats", lambda: None)())
+    metrics.watch_caches(lambda: getattr(app.state.scorer, "cache_stats", dict)())
     install_error_handlers(app)
     routers = [ops_router(), rerank_router(), index_router(), context_router(), judgments_router(), reports_router()]
     for router in routers:

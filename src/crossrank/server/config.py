@@ -23,6 +23,9 @@ class ServerConfig:
     engine_batch_tokens: int = 2048
     # Scored pairs the model keeps for exact repeats (RAG retries, pagination); 0 turns the cache off.
     score_cache_entries: int = 65536
+    # Encoded segments a factorised model keeps, so documents that recur across queries are encoded once (~1.7 kB
+    # each, ~28 MB at most); 0 turns it off.
+    segment_cache_entries: int = 16384
     # Micro-batching: estimated tokens per combined call, how long a batch waits to fill, queue bound, timeout.
     batch_tokens: int = 32768
     max_wait_ms: float = 2.0
@@ -70,8 +73,9 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.score_cache_entries < 0:
-            raise ValueError(f"score_cache_entries must be >= 0, got {self.score_cache_entries}")
+        for name in ("score_cache_entries", "segment_cache_entries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if any(not key or key != key.strip() for key in self.api_keys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,27 +34,31 @@ class Metrics:
         self.rejected = Counter("crossrank_rejected", "Requests refused by limits, overload or timeout", ["reason"],
                                 registry=self.registry)
 
-    def watch_score_cache(self, stats: Callable[[], CacheStats | None]) -> None:
-        """Export the model's score cache (entries, hits, misses), read at each scrape."""
-        self.registry.register(ScoreCacheCollector(stats))
+    def watch_caches(self, stats: Callable[[], Mapping[str, CacheStats]]) -> None:
+        """Export the model's caches (entries, hits, misses per cache name), read at each scrape."""
+        self.registry.register(CacheCollector(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class ScoreCacheCollector(Collector):
-    """crossrank_score_cache_{entries,hits_total,misses_total}: the hit rate is hits / (hits + misses)."""
+CACHE_HELP = {
+    "score": ("Scored pairs held for exact repeats", "Pairs answered from the score cache",
+              "Pairs the model scored (not in the cache)"),
+    "segment": ("Encoded segments held for documents that recur", "Segments answered from the segment cache",
+                "Segments the model encoded (not in the cache)"),
+}
 
-    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+
+class CacheCollector(Collector):
+    """crossrank_{score,segment}_cache_{entries,hits_total,misses_total}: the hit rate is hits / (hits + misses)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, CacheStats]]) -> None:
         self.stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self.stats()
-        if stats is None:
-            return
-        yield GaugeMetricFamily("crossrank_score_cache_entries", "Scored pairs held for exact repeats",
-                                value=stats.entries)
-        yield CounterMetricFamily("crossrank_score_cache_hits", "Pairs answered from the score cache",
-                                  value=stats.hits)
-        yield CounterMetricFamily("crossrank_score_cache_misses", "Pairs the model scored (not in the cache)",
-                                  value=stats.misses)
+        for name, stats in self.stats().items():
+            entries, hits, misses = CACHE_HELP[name]
+            yield GaugeMetricFamily(f"crossrank_{name}_cache_entries", entries, value=stats.entries)
+            yield CounterMetricFamily(f"crossrank_{name}_cache_hits", hits, value=stats.hits)
+            yield CounterMetricFamily(f"crossrank_{name}_cache_misses", misses, value=stats.misses)

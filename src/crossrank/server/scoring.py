@@ -44,9 +44,10 @@ class EncoderScorer:
         """The model's shipped first-stage weight, which /search applies by default."""
         return self.encoder.interpolation
 
-    def cache_stats(self) -> CacheStats | None:
-        """The model's score cache, for /metrics (None when it has none)."""
-        return None if self.encoder.cache is None else self.encoder.cache.stats()
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """The model's caches by name ("score", "segment"), for /metrics; only those it keeps."""
+        caches = {"score": self.encoder.cache, "segment": self.encoder.segment_cache}
+        return {name: cache.stats() for name, cache in caches.items() if cache is not None}
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The model's calibrated probabilities for logits scored here (what /v1/context's floor reads)."""
