@@ -165,6 +165,29 @@ def test_long_document_windows_cover_the_document_with_overlap(tiny_model_dir):
     assert all(len(row) <= 64 for row in rows)
 
 
+def test_fixed_windows_cut_a_document_the_same_way_whatever_the_query(tiny_model_dir):
+    from crossrank.model.tokenization import PairEncoder
+
+    tokenizer = CrossEncoder.from_pretrained(tiny_model_dir, backend="torch").pair_encoder.tokenizer
+    document = " ".join(f"w{i}" for i in range(200))
+    fixed = PairEncoder(tokenizer, 64, max_query_tokens=8, window_overlap=8, window_tokens=40)
+    fitted = PairEncoder(tokenizer, 64, max_query_tokens=8, window_overlap=8)
+
+    def document_windows(encoder: PairEncoder, query: str) -> list[list[int]]:
+        rows, _ = encoder.encode([query], [document])
+        return [row.input_ids[row.token_type_ids == 1].tolist() for row in rows]
+
+    short, long = document_windows(fixed, "q"), document_windows(fixed, "a much longer question")
+    assert short == long and all(len(window) <= 40 + 1 for window in short)  # + its [SEP]
+    assert document_windows(fitted, "q") != document_windows(fitted, "a much longer question")
+    assert fixed.min_document_tokens == 40
+    with pytest.raises(ValueError, match="window_overlap"):
+        PairEncoder(tokenizer, 64, window_overlap=8, window_tokens=8)
+    refusing = PairEncoder(tokenizer, 64, max_query_tokens=8, long_documents="error", window_tokens=40)
+    with pytest.raises(DocumentTooLongError, match="only 40 fit in one window"):
+        refusing.encode(["q"], [document])
+
+
 @pytest.mark.parametrize("aggregate", ["max", "first", "mean"])
 def test_window_scores_are_aggregated(tiny_model_dir, aggregate):
     kwargs = dict(backend="torch", max_length=64, max_query_tokens=8, window_overlap=0)

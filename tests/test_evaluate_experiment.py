@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import random
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -260,6 +261,33 @@ def test_cli_eval_writes_runs_report_and_summary(beir_dir: Path, tiny_model_dir:
     assert "| run>>ce |" in result.stdout
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["run.trec", "run__ce.trec"]
     assert report.read_text().count("data:image/png;base64,") == 3
+
+
+def test_evaluating_a_factorised_model_encodes_each_document_once_across_query_batches(
+        beir_dir: Path, closed_gated_dir: Path) -> None:
+    from crossrank.evaluate.runner import run_evaluation
+
+    said: list[str] = []
+    config = ExperimentConfig(depth=12, curve=False, permutations=100, timing_queries=2, query_batch=2)
+    run_path = beir_dir / "runs" / "first.trec"
+    result = run_evaluation(BeirDataset(beir_dir, "test"), config, run=run_path, pipelines="run,run>>ce",
+                            models=[str(closed_gated_dir)], backend="torch", say=said.append, progress=False)
+    encoded, recurring = (int(n.replace(",", "")) for n in re.search(
+        r"ce: ([\d,]+) segments encoded, ([\d,]+) recurring ones read from memory", "\n".join(said)).groups())
+    run = read_run(run_path)
+    qids = sorted(run)  # the experiment's query order (the file's)
+    batches = [qids[i:i + 2] for i in range(0, len(qids), 2)]
+    looked_up = sum(len(batch) + len({d for q in batch for d in run[q]}) for batch in batches)
+    documents = {d for ranking in run.values() for d in ranking}
+    assert encoded == len(qids) + len(documents)  # every query and document once
+    assert recurring == looked_up - encoded > 0  # the latency rows (2 queries) read nothing
+    uncached = CrossEncoder.from_pretrained(closed_gated_dir, backend="torch")
+    ranked_by_eval = next(s for s in result.systems if s.name == "run>>ce").run
+    dataset = BeirDataset(beir_dir, "test")
+    for query in qids:
+        ids = list(run[query])
+        scores = uncached.score([dataset.queries[query]] * len(ids), [dataset.corpus[d] for d in ids]).logits
+        assert ranked(ranked_by_eval[query])[:3] == [ids[i] for i in np.argsort(-scores, kind="stable")[:3]]
 
 
 def test_cli_without_a_cross_encoder_says_so_and_evaluates_the_rest(beir_dir: Path, tmp_path: Path,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crossrank.model.checkpoint import Checkpoint
-from crossrank.model.cross_encoder import CrossEncoder
+from crossrank.model.cross_encoder import DOCUMENT_WINDOW_TOKENS, CrossEncoder
 from crossrank.model.factorised import FactorisedScorer, close_gates, gates_closed
 
 if TYPE_CHECKING:
@@ -45,14 +45,41 @@ def test_only_a_gated_model_with_every_gate_closed_factorises(tiny_gated_dir: Pa
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_factorised_logits_equal_the_joint_graphs(closed_dir: Path, backend: str) -> None:
-    joint = CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False)
     factorised = CrossEncoder.from_pretrained(closed_dir, backend=backend)
+    joint = CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False)
+    joint.pair_encoder = factorised.pair_encoder  # the joint graph on the same windows (the model has 512 positions)
     reference = joint.score([q for q, _ in PAIRS], _documents())
     scores = factorised.score([q for q, _ in PAIRS], _documents())
     assert scores.windows[-1] > 1  # the long document was windowed, and scored as its best window
     np.testing.assert_allclose(scores.logits, reference.logits, atol=1e-4)
     np.testing.assert_allclose(scores.probabilities, reference.probabilities, atol=1e-5)
     np.testing.assert_array_equal(scores.windows, reference.windows)
+
+
+def test_a_long_documents_windows_are_its_own_whatever_the_query(closed_dir: Path) -> None:
+    model = CrossEncoder.from_pretrained(closed_dir, backend="torch")
+    assert model.pair_encoder.window_tokens == min(DOCUMENT_WINDOW_TOKENS, model.max_length - 2)  # [CLS] d [SEP]
+    assert CrossEncoder.from_pretrained(closed_dir, backend="torch", window_tokens=40).pair_encoder.window_tokens == 40
+    for bad in (0, model.max_length - 1):
+        with pytest.raises(ValueError, match="window_tokens must be in"):
+            CrossEncoder.from_pretrained(closed_dir, backend="torch", window_tokens=bad)
+    with pytest.raises(ValueError, match="factorised model"):
+        CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False, window_tokens=40)
+    seen: list[bytes] = []
+    run = model.backend.run
+
+    def recording_run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        seen.extend(ids[mask.astype(bool)].tobytes() for ids, mask in zip(batch["input_ids"], batch["attention_mask"],
+                                                                          strict=True))
+        return run(batch)
+
+    model.factorised.run = recording_run
+    model.score(["short"], _documents()[-1:])
+    first = set(seen)
+    seen.clear()
+    model.score(["a much longer question about barges and the river trade"], _documents()[-1:])
+    assert len(set(seen) - first) == 1  # only the query: the same document windows as before
+    assert CrossEncoder.from_pretrained(closed_dir, backend="torch", factorise=False).pair_encoder.window_tokens is None
 
 
 def test_int8_factorised_stays_close_to_fp32(closed_dir: Path) -> None:

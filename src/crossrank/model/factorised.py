@@ -7,14 +7,14 @@ other (`crossrank.model.gated`), so each term of its score depends on one segmen
 
 The same number then comes from encoding each distinct query once and each distinct document window once, with
 a plain BERT graph whose attention ONNX Runtime fuses (the joint graph's two-pattern attention has no fused
-kernel): fewer tokens — the query is not re-read beside every candidate — and faster ones. The windows are the
-pair encoder's, cut from the same rows the joint graph would run, so the two paths score the same pairs with the
-same tokens; tests hold them equal. A model whose gates opened (a GPU run, `crossrank adapt`) is not factorised.
+kernel): fewer tokens — the query is not re-read beside every candidate — and faster ones. A document longer than
+one segment is cut into its own windows (`PairEncoder(window_tokens=...)`: as long as a segment may be, whatever
+the query's length), so a document always gives the same segments; the joint graph run on the same windows scores
+the same, which tests hold. A model whose gates opened (a GPU run, `crossrank adapt`) is not factorised.
 
 A segment's vector depends on its tokens alone, so a `SegmentCache` lets a document that comes back in a later
-call — another user's query over the same popular pages — skip the model (within one call each distinct segment
-is encoded once anyway). A document longer than one window only comes back as the same tokens for a query of the
-same length: the pair's token budget sets where its windows fall.
+call skip the model: another user's query over the same popular pages, or the next batch of an evaluation's
+queries over the same corpus (within one call each distinct segment is encoded once anyway).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class FactorisedScorer:
         self.batch_tokens = batch_tokens
         self.cache = cache
 
-    def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None) -> np.ndarray:
+    def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None, use_cache: bool = True) -> np.ndarray:
         """One logit per joint row (same order); `progress` is reset to count the distinct segments encoded."""
         index: dict[bytes, int] = {}
         segments: list[np.ndarray] = []
@@ -94,13 +94,12 @@ class FactorisedScorer:
             pairs[i] = segment_of(row.input_ids[:split]), segment_of(row.input_ids[split:])
         if not segments:
             return np.zeros(0, dtype=np.float32)
-        vectors = self._vectors(segments, progress)
+        vectors = self._vectors(segments, progress, self.cache if use_cache else None)
         queries, documents = vectors[pairs[:, 0]], vectors[pairs[:, 1]]
         return (np.einsum("ij,ij->i", queries[:, :-1], documents[:, :-1]) + queries[:, -1]).astype(np.float32)
 
-    def _vectors(self, segments: list[np.ndarray], progress: tqdm | None) -> np.ndarray:
+    def _vectors(self, segments: list[np.ndarray], progress: tqdm | None, cache: SegmentCache | None) -> np.ndarray:
         """One row per segment: from the cache where it has them, from the model for the rest."""
-        cache = self.cache
         keys = [SegmentCache.key(ids) for ids in segments] if cache is not None else []
         known = cache.get_many(keys) if cache is not None else [None] * len(segments)
         missing = [i for i, vector in enumerate(known) if vector is None]

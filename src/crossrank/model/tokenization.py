@@ -78,7 +78,11 @@ def _to_sequence(item: int, encoding: Encoding) -> EncodedRow:
 
 
 class PairEncoder:
-    """Encode (query, document) pairs into model rows, windowing documents that do not fit."""
+    """Encode (query, document) pairs into model rows, windowing documents that do not fit.
+
+    A window holds what fits beside the query (`max_length` minus the query and the special tokens), unless
+    `window_tokens` fixes it: a factorised model encodes each document window on its own, so its windows need not
+    depend on the query — the same document then always gives the same segments, whatever is asked of it."""
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class PairEncoder:
         max_query_tokens: int = 64,
         long_documents: LongDocuments = "windows",
         window_overlap: int = 32,
+        window_tokens: int | None = None,
     ) -> None:
         if long_documents not in LONG_DOCUMENT_POLICIES:
             raise ValueError(f"long_documents must be one of {LONG_DOCUMENT_POLICIES}, got {long_documents!r}")
@@ -95,7 +100,9 @@ class PairEncoder:
         self.max_query_tokens = max_query_tokens
         self.long_documents = long_documents
         self.special_tokens = tokenizer.num_special_tokens_to_add(is_pair=True)
-        self.min_document_tokens = max_length - self.special_tokens - max_query_tokens
+        self.window_tokens = window_tokens
+        # The fewest document tokens a window holds (beside the longest query, or the fixed window).
+        self.min_document_tokens = window_tokens or max_length - self.special_tokens - max_query_tokens
         if self.min_document_tokens < 8:
             raise ValueError(
                 f"max_length={max_length} leaves {self.min_document_tokens} document tokens after a "
@@ -121,7 +128,7 @@ class PairEncoder:
             query_encoding = query_encodings[query]
             if len(query_encoding) > self.max_query_tokens:
                 query_encoding = self._truncated(query_encoding, self.max_query_tokens)
-            budget = self.max_length - self.special_tokens - len(query_encoding)
+            budget = self.window_tokens or self.max_length - self.special_tokens - len(query_encoding)
             parts = self._windows(item, document, budget)
             windows[item] = len(parts)
             rows.extend(
@@ -135,7 +142,7 @@ class PairEncoder:
             return [document]
         if self.long_documents == "error":
             raise DocumentTooLongError(
-                f"document {item} has {len(document)} tokens but only {budget} fit beside the query "
+                f"document {item} has {len(document)} tokens but only {budget} fit in one window "
                 "(use long_documents='windows' or 'truncate')"
             )
         window = self._copy(document)
