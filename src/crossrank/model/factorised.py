@@ -60,8 +60,9 @@ class SegmentCache(BoundedCache[np.ndarray]):
     model."""
 
     @staticmethod
-    def key(ids: np.ndarray) -> bytes:
-        return hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
+    def key(token_bytes: bytes) -> bytes:
+        """The digest of a segment's token ids (`ids.tobytes()`)."""
+        return hashlib.blake2b(token_bytes, digest_size=16).digest()
 
 
 class FactorisedScorer:
@@ -78,7 +79,7 @@ class FactorisedScorer:
 
     def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None, use_cache: bool = True) -> np.ndarray:
         """One logit per joint row (same order); `progress` is reset to count the distinct segments encoded."""
-        index: dict[bytes, int] = {}
+        index: dict[bytes, int] = {}  # a segment's token bytes → its position in `segments`
         segments: list[np.ndarray] = []
         pairs = np.empty((len(rows), 2), dtype=np.int64)
 
@@ -94,37 +95,28 @@ class FactorisedScorer:
             pairs[i] = segment_of(row.input_ids[:split]), segment_of(row.input_ids[split:])
         if not segments:
             return np.zeros(0, dtype=np.float32)
-        vectors = self._vectors(segments, progress, self.cache if use_cache else None)
+        vectors = self._vectors(segments, list(index), progress, self.cache if use_cache else None)
         queries, documents = vectors[pairs[:, 0]], vectors[pairs[:, 1]]
         return (np.einsum("ij,ij->i", queries[:, :-1], documents[:, :-1]) + queries[:, -1]).astype(np.float32)
 
-    def _vectors(self, segments: list[np.ndarray], progress: tqdm | None, cache: SegmentCache | None) -> np.ndarray:
+    def _vectors(self, segments: list[np.ndarray], token_bytes: list[bytes], progress: tqdm | None,
+                 cache: SegmentCache | None) -> np.ndarray:
         """One row per segment: from the cache where it has them, from the model for the rest."""
-        keys = [SegmentCache.key(ids) for ids in segments] if cache is not None else []
-        known = cache.get_many(keys) if cache is not None else [None] * len(segments)
-        missing = [i for i, vector in enumerate(known) if vector is None]
+        keys = [SegmentCache.key(raw) for raw in token_bytes] if cache is not None else []
+        vectors = cache.get_many(keys) if cache is not None else [None] * len(segments)
+        missing = [i for i, vector in enumerate(vectors) if vector is None]
         if progress is not None:
             progress.reset(total=len(missing))
             progress.unit = "segment"
-        fresh: np.ndarray | None = None
         to_encode = [EncodedRow(j, segments[i], np.zeros_like(segments[i])) for j, i in enumerate(missing)]
         for indices, batch in iter_batches(to_encode, self.batch_tokens, self.pad_id):
-            out = self.run(batch)
-            if fresh is None:
-                fresh = np.empty((len(missing), out.shape[1]), dtype=np.float32)
-            fresh[indices] = out
+            for j, vector in zip(indices, self.run(batch), strict=True):
+                vectors[missing[j]] = vector
             if progress is not None:
                 progress.update(len(indices))
-        width = fresh.shape[1] if fresh is not None else next(v for v in known if v is not None).shape[0]
-        vectors = np.empty((len(segments), width), dtype=np.float32)
-        for i, vector in enumerate(known):
-            if vector is not None:
-                vectors[i] = vector
-        if fresh is not None:
-            vectors[missing] = fresh
-            if cache is not None:
-                cache.put_many([keys[i] for i in missing], [row.copy() for row in fresh])
-        return vectors
+        if cache is not None and missing:  # copies: a kept row must not hold its whole batch's output alive
+            cache.put_many([keys[i] for i in missing], [vectors[i].copy() for i in missing])
+        return np.stack(vectors).astype(np.float32, copy=False)
 
 
 def close_gates(source: Path, out: Path) -> Path:
