@@ -29,6 +29,8 @@ def crossrank_scorer(spec: dict) -> Scorer:
         options["factorise"] = spec["factorise"]
     model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
                                          threads=spec.get("threads"), **options)
+    if spec.get("stored_segments"):  # as `crossrank index` does: every document's windows encoded before any query
+        store_segments(model, spec)
 
     def score(query: str, documents: list[str]) -> np.ndarray:
         scores = np.empty(len(documents), dtype=np.float32)
@@ -37,6 +39,23 @@ def crossrank_scorer(spec: dict) -> Scorer:
         return scores
 
     return score
+
+
+def store_segments(model: object, spec: dict) -> None:
+    """Encode every distinct candidate's windows into a segment store (untimed: index-time work, reported on
+    stderr) and have the model read it."""
+    import tempfile
+
+    from crossrank.model.segment_store import write_segment_store
+
+    queries = json.loads(Path(spec["pairs_file"]).read_text(encoding="utf-8"))
+    documents = list(dict.fromkeys(document for query in queries for document in query["documents"]))
+    started = time.perf_counter()
+    store, encoded = write_segment_store(model, [documents], Path(tempfile.mkdtemp(prefix="segments-")) / "store")
+    seconds = time.perf_counter() - started
+    print(f"  stored {encoded} window vectors of {len(documents)} documents in {seconds:.1f}s "
+          f"({len(documents) / seconds:.0f} documents/s, index-time work)", file=sys.stderr, flush=True)
+    model.use_segment_store("benchmark", store)
 
 
 def sentence_transformers_scorer(spec: dict) -> Scorer:

@@ -341,7 +341,11 @@ def search_pipeline(index: Retriever, retrievers: Sequence[str] = ("bm25", "dens
                     learned: Stage | None = None) -> Pipeline:
     """The pipeline `crossrank search` and the server's /search run: retrieve from each named retriever, fuse
     them when there are several, rerank the top `rerank_k` (unless `reranker` is None), apply `learned` (a
-    `crossrank.ltr.LTR` stage over the signals so far) if given, keep the top `k`."""
+    `crossrank.ltr.LTR` stage over the signals so far) if given, keep the top `k`. A reranker that can read the
+    index's stored passage vectors (`Index.store_segments`) is told to, so it encodes only the query."""
+    lend_segments = getattr(index, "lend_segments", None)
+    if reranker is not None and lend_segments is not None:
+        lend_segments(reranker)
     stages: list[Stage] = [Retrieve(index, retrievers, k=first_k)]
     if len(retrievers) > 1:
         stages.append(Fuse(fusion, sources=retrievers))

@@ -68,9 +68,16 @@ def index_command(
     text_field: Annotated[str, typer.Option(help="JSONL/CSV field holding the text.")] = "text",
     commit_every: Annotated[int, typer.Option(help="Commit after this many documents.")] = 1000,
     max_file_mb: Annotated[float, typer.Option(help="Skip files larger than this.")] = 64.0,
+    segments: Annotated[bool, typer.Option(
+        "--segments/--no-segments",
+        help="Also store the reranker's vectors of every passage (a factorised cross-encoder, like the bundled "
+             "one), so `search` encodes only the query.")] = True,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="The cross-encoder whose vectors --segments stores (default: the one `search` "
+                              "reranks with: the index's adapted model, else the bundled one).")] = None,
 ) -> None:
     """Ingest text, Markdown, HTML, PDF, JSONL/CSV or a BEIR corpus.jsonl into an index (same id replaces)."""
-    from crossrank.store import FieldMapping, Index, IndexConfig
+    from crossrank.store import FieldMapping, Index, IndexConfig, adapted_model
     from crossrank.store.loaders import SUPPORTED_SUFFIXES
 
     mapping = FieldMapping(title=title_field, text=text_field,
@@ -87,6 +94,7 @@ def index_command(
                 typer.echo(f"note: {directory} exists; its stored settings win: {stored}", err=True)
             report = index.ingest(sources, mapping=mapping, commit_every=commit_every, show_progress=True,
                                   max_file_bytes=int(max_file_mb * 2**20))
+            stored = store_segments(index, model or adapted_model(directory)) if segments and report.documents else ""
             info = index.info()
     except (OSError, ValueError, RuntimeError) as exc:
         raise fail(str(exc)) from exc
@@ -96,6 +104,8 @@ def index_command(
                f"{count(report.passages, 'passage')} in {count(report.commits, 'commit')}{unchanged}; {directory} now "
                f"holds {count(info['documents'], 'document')} ({count(info['passages'], 'passage')}), "
                f"generation {info['generation']}")
+    if stored:
+        typer.echo(stored)
     if report.skipped:
         typer.echo(f"skipped {len(report.skipped)}:")
         by_reason: dict[str, list[str]] = {}
@@ -111,6 +121,20 @@ def index_command(
     if report.documents == 0:
         typer.echo("error: nothing was indexed (see the reasons above)", err=True)
         raise typer.Exit(1)
+
+
+def store_segments(index: Any, model: str | Path | None) -> str:
+    """Store the reranker's passage vectors in the index (`Index.store_segments`) and say what was done; a model
+    that is not factorised has none to store, which is said, not an error."""
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    reranker = CrossEncoder.from_pretrained(model)
+    if reranker.factorised is None:
+        return f"segments: none stored ({reranker.name} reads each document beside the query, so search encodes both)"
+    summary = index.store_segments(reranker, show_progress=True)
+    return (f"segments: {count(summary.segments, 'window vector')} of {reranker.name} stored for "
+            f"{count(summary.passages, 'passage')} ({summary.encoded} encoded now, the rest kept): search encodes "
+            "only the query")
 
 
 @app.command()

@@ -3,16 +3,19 @@
 Shaped like sentence-transformers' CrossEncoder (`predict`, `rank`) so users feel at home, and built so that
 what it lacks cannot happen here: inputs are length-sorted and packed by token budget, long documents are
 windowed (or refused) instead of silently cut, logits come with calibrated probabilities, and one instance is
-safe to share across threads (nothing is mutated after construction).
+safe to share across threads (nothing is mutated after construction but the set of segment stores it
+reads, replaced whole).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +28,7 @@ from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.factorised import FactorisedScorer, SegmentCache, gates_closed
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.score_cache import ScoreCache
+from crossrank.model.segment_store import SegmentStore
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
 from crossrank.types import Document, RankResult, check_positive
 
@@ -196,6 +200,42 @@ class CrossEncoder:
     @property
     def segment_cache(self) -> SegmentCache | None:
         return None if self.factorised is None else self.factorised.cache
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Whose vectors a segment store holds: these weights, tokenizer and config, on this backend and precision
+        (int8 and fp32 vectors differ; so, in the last digits, do torch's and ONNX Runtime's)."""
+        return f"{self.checkpoint.content_hash}-{self.backend.name}-{self.quantize or 'fp32'}"
+
+    def document_segments(self, contents: Sequence[str]) -> list[list[np.ndarray]]:
+        """Each document's window segments as a factorised model encodes them (token ids, special tokens
+        included): what an index stores vectors for. The windows do not depend on the query (any will do)."""
+        if self.factorised is None:
+            raise ValueError(f"{self.name} is not factorised: its document windows are read beside each query")
+        rows, windows = self.pair_encoder.encode(["?"] * len(contents), list(contents))
+        segments = [FactorisedScorer.split(row)[1] for row in rows]
+        bounds = np.concatenate([[0], np.cumsum(windows)]).tolist()
+        return [segments[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+    def encode_segments(self, segments: Sequence[np.ndarray], progress: tqdm | None = None) -> list[np.ndarray]:
+        """The model's vector for each segment (no cache or store read): what `document_segments` are stored as."""
+        if self.factorised is None:
+            raise ValueError(f"{self.name} is not factorised: it has no segment vectors")
+        return self.factorised.encode(segments, progress)
+
+    def use_segment_store(self, source: str, store: SegmentStore | None) -> None:
+        """Read document vectors from `store` (written by an index at `source`) before running the model; None
+        forgets `source`'s. The scores do not change, only the work: stored vectors are the model's own. A store
+        written for another model or precision is refused."""
+        if self.factorised is None:
+            raise ValueError(f"{self.name} is not factorised: it cannot read stored segment vectors")
+        if store is not None and store.fingerprint != self.fingerprint:
+            raise ValueError(f"the segment store {store.path} holds another model's vectors ({store.fingerprint}); "
+                             f"this one is {self.fingerprint}")
+        stores = {name: known for name, known in self.factorised.stores.items() if name != source}
+        if store is not None:
+            stores[source] = store
+        self.factorised.stores = stores  # replaced whole: a scoring thread sees the old mapping or this one
 
     @contextmanager
     def uncached(self) -> Iterator[None]:

@@ -14,12 +14,13 @@ the same, which tests hold. A model whose gates opened (a GPU run, `crossrank ad
 
 A segment's vector depends on its tokens alone, so a `SegmentCache` lets a document that comes back in a later
 call skip the model: another user's query over the same popular pages, or the next batch of an evaluation's
-queries over the same corpus (within one call each distinct segment is encoded once anyway).
+queries over the same corpus (within one call each distinct segment is encoded once anyway). An index can go
+further and store every passage's vectors when it is built (`crossrank.model.segment_store`): a search then
+encodes only its query.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from crossrank.model.batching import iter_batches
 from crossrank.model.gated import is_gated
 from crossrank.model.score_cache import BoundedCache
+from crossrank.model.segment_store import segment_key
 from crossrank.model.tokenization import EncodedRow
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from crossrank.model.checkpoint import Checkpoint
+    from crossrank.model.segment_store import SegmentStore
 
 GATES_TENSOR = "cross_gates"
 
@@ -59,16 +62,13 @@ class SegmentCache(BoundedCache[np.ndarray]):
     """Segment token ids → its vector (the segments graph's output row); about 1.7 kB per entry for a 384-wide
     model."""
 
-    @staticmethod
-    def key(token_bytes: bytes) -> bytes:
-        """The digest of a segment's token ids (`ids.tobytes()`)."""
-        return hashlib.blake2b(token_bytes, digest_size=16).digest()
+    key = staticmethod(segment_key)
 
 
 class FactorisedScorer:
-    """Turns the joint pair rows into distinct query and document segments, runs the segments graph on each once
-    (or not at all when `cache` holds its vector), and combines: row logit = query vector · document vector + the
-    query's [CLS] term."""
+    """Turns the joint pair rows into distinct query and document segments, finds each one's vector (in `cache`,
+    then in the stores an index wrote, else by running the segments graph once) and combines: row logit = query
+    vector · document vector + the query's [CLS] term."""
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], pad_id: int, batch_tokens: int,
                  cache: SegmentCache | None = None) -> None:
@@ -76,6 +76,15 @@ class FactorisedScorer:
         self.pad_id = pad_id
         self.batch_tokens = batch_tokens
         self.cache = cache
+        # Read-only stores by the index that wrote them; replaced whole (never edited), so a scoring thread sees
+        # the old mapping or the new one.
+        self.stores: dict[str, SegmentStore] = {}
+
+    @staticmethod
+    def split(row: EncodedRow) -> tuple[np.ndarray, np.ndarray]:
+        """A joint row's query segment and document segment (the query comes first, token type 0)."""
+        split = int(np.count_nonzero(row.token_type_ids == 0))
+        return row.input_ids[:split], row.input_ids[split:]
 
     def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None, use_cache: bool = True) -> np.ndarray:
         """One logit per joint row (same order); `progress` is reset to count the distinct segments encoded."""
@@ -91,31 +100,46 @@ class FactorisedScorer:
             return index[key]
 
         for i, row in enumerate(rows):
-            split = int(np.count_nonzero(row.token_type_ids == 0))  # the query segment comes first, type 0
-            pairs[i] = segment_of(row.input_ids[:split]), segment_of(row.input_ids[split:])
+            query, document = self.split(row)
+            pairs[i] = segment_of(query), segment_of(document)
         if not segments:
             return np.zeros(0, dtype=np.float32)
-        vectors = self._vectors(segments, list(index), progress, self.cache if use_cache else None)
+        vectors = self._vectors(segments, list(index), progress, use_cache)
         queries, documents = vectors[pairs[:, 0]], vectors[pairs[:, 1]]
         return (np.einsum("ij,ij->i", queries[:, :-1], documents[:, :-1]) + queries[:, -1]).astype(np.float32)
 
+    def encode(self, segments: Sequence[np.ndarray], progress: tqdm | None = None) -> list[np.ndarray]:
+        """The segments graph's output row for each segment (token ids with their special tokens), by the model."""
+        vectors: list[np.ndarray] = [np.empty(0)] * len(segments)
+        rows = [EncodedRow(i, ids, np.zeros_like(ids)) for i, ids in enumerate(segments)]
+        for indices, batch in iter_batches(rows, self.batch_tokens, self.pad_id):
+            for i, vector in zip(indices, self.run(batch), strict=True):
+                vectors[i] = vector.copy()  # a kept row must not hold its whole batch's output alive
+            if progress is not None:
+                progress.update(len(indices))
+        return vectors
+
     def _vectors(self, segments: list[np.ndarray], token_bytes: list[bytes], progress: tqdm | None,
-                 cache: SegmentCache | None) -> np.ndarray:
-        """One row per segment: from the cache where it has them, from the model for the rest."""
-        keys = [SegmentCache.key(raw) for raw in token_bytes] if cache is not None else []
+                 use_cache: bool) -> np.ndarray:
+        """One row per segment: from the cache or a store where they have it, from the model for the rest."""
+        cache = self.cache if use_cache else None
+        stores = list(self.stores.values()) if use_cache else []
+        keys = [SegmentCache.key(raw) for raw in token_bytes] if cache is not None or stores else []
         vectors = cache.get_many(keys) if cache is not None else [None] * len(segments)
+        for store in stores:
+            unknown = [i for i, vector in enumerate(vectors) if vector is None]
+            if not unknown:
+                break
+            for i, vector in zip(unknown, store.get_many([keys[i] for i in unknown]), strict=True):
+                vectors[i] = vector
         missing = [i for i, vector in enumerate(vectors) if vector is None]
         if progress is not None:
             progress.reset(total=len(missing))
             progress.unit = "segment"
-        to_encode = [EncodedRow(j, segments[i], np.zeros_like(segments[i])) for j, i in enumerate(missing)]
-        for indices, batch in iter_batches(to_encode, self.batch_tokens, self.pad_id):
-            for j, vector in zip(indices, self.run(batch), strict=True):
-                vectors[missing[j]] = vector
-            if progress is not None:
-                progress.update(len(indices))
-        if cache is not None and missing:  # copies: a kept row must not hold its whole batch's output alive
-            cache.put_many([keys[i] for i in missing], [vectors[i].copy() for i in missing])
+        for i, vector in zip(missing, self.encode([segments[i] for i in missing], progress), strict=True):
+            vectors[i] = vector
+        if cache is not None and missing:
+            cache.put_many([keys[i] for i in missing], [vectors[i] for i in missing])
         return np.stack(vectors).astype(np.float32, copy=False)
 
 

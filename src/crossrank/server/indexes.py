@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -57,14 +58,16 @@ DocId = PathParam(min_length=1, max_length=512, pattern=NOT_BLANK,
 class BatchedModel:
     """Stands in for a CrossEncoder in the pipeline's Rerank stage and in `ContextSelector` (which call `score`
     from a worker thread), routing the pairs through the server's micro-batcher on the event loop; `interpolation`
-    is the loaded model's shipped first-stage weight, the Rerank stage's default, and `calibrate` its calibration
-    (what `probabilities` applies to logits the selector blends itself)."""
+    is the loaded model's shipped first-stage weight, the Rerank stage's default, `calibrate` its calibration
+    (what `probabilities` applies to logits the selector blends itself) and `encoder` the in-process CrossEncoder
+    the batched pairs reach, if any (an index lends it its stored passage vectors)."""
 
     def __init__(self, batcher: MicroBatcher, loop: asyncio.AbstractEventLoop, name: str,
                  interpolation: FirstStageInterpolation | None,
-                 calibrate: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 calibrate: Callable[[np.ndarray], np.ndarray] | None = None, encoder: Any = None) -> None:
         self.batcher, self.loop, self.name, self.interpolation = batcher, loop, name, interpolation
         self.calibrate = calibrate if calibrate is not None else Calibrator()
+        self.encoder = encoder
 
     @classmethod
     def serving(cls, request: Request) -> BatchedModel:
@@ -75,7 +78,7 @@ class BatchedModel:
             raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
         scorer = app.state.scorer
         return cls(batcher, asyncio.get_running_loop(), str(scorer.name), getattr(scorer, "interpolation", None),
-                   getattr(scorer, "probabilities", None))
+                   getattr(scorer, "probabilities", None), getattr(scorer, "encoder", None))
 
     def score(self, queries: Sequence[str], documents: Sequence[Document]) -> PairScores:
         texts = [document.content for document in documents]

@@ -6,6 +6,8 @@ Layout of DIR:
                       each row stamped with the generation that added it and the one that deleted it
     bm25/             tantivy index of the live rows, plus generation.json: the generation it reflects
     writer.lock       held (flock) by the one process allowed to write
+    segments/         optional: a factorised cross-encoder's vectors of every passage's windows, one folder per
+                      model and generation (`crossrank.model.segment_store`), so a search encodes only its query
 
 Commit protocol. A commit is ONE SQLite transaction that inserts the new passages and their vectors, marks
 replaced/deleted ones, and bumps `generation`: when it returns, the content survives kill -9, and a crash
@@ -35,6 +37,8 @@ from typing import Any, Self
 import numpy as np
 from tqdm.auto import tqdm
 
+from crossrank.model.segment_store import META as SEGMENT_META
+from crossrank.model.segment_store import SegmentStore, write_segment_store
 from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
 from crossrank.store.chunking import Chunker, stitch
@@ -50,6 +54,8 @@ from crossrank.types import Candidate, Document, Query
 FORMAT = 1
 DATABASE = "passages.sqlite"
 ADAPTED_MODEL = "adapted-model"
+SEGMENTS = "segments"
+SEGMENT_CHUNK = 2048  # passages tokenised and encoded per step while a segment store is written
 RETRIEVERS = ("bm25", "dense")
 ROW_CACHE_SIZE = 200_000
 SCHEMA = """
@@ -111,6 +117,17 @@ class IndexConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> IndexConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True)
+class SegmentsSummary:
+    """What `Index.store_segments` wrote: distinct window segments stored, of which `encoded` ran the model
+    (the rest were read from the previous store)."""
+
+    path: Path
+    passages: int
+    segments: int
+    encoded: int
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,7 @@ class Index:
         self.last_commit = CommitSummary()
         self._in_flight: dict[str, Document | None] = {}  # what the running commit is writing
         self._row_cache: dict[int, tuple[Any, ...]] = {}
+        self._segment_stores: dict[str, SegmentStore] = {}  # opened once per fingerprint and folder
         if writable:
             self._sync_bm25()
         elif self.bm25.generation < self._committed_generation():
@@ -541,6 +559,61 @@ class Index:
                 self._bm25_behind = self.bm25.generation < committed
                 self._catch_up()
 
+    # ---- a factorised cross-encoder's segment vectors -------------------------------------------------------
+
+    def _segment_folders(self, fingerprint: str) -> list[Path]:
+        """Complete stores of `fingerprint`'s vectors, oldest generation first."""
+        found = [(int(path.name.rsplit(".g", 1)[1]), path) for path in (self.path / SEGMENTS).glob(f"{fingerprint}.g*")
+                 if (path / SEGMENT_META).is_file() and path.name.rsplit(".g", 1)[1].isdigit()]
+        return [path for _, path in sorted(found)]
+
+    def segment_store(self, fingerprint: str) -> SegmentStore | None:
+        """The newest store of the model `fingerprint`'s passage vectors (`CrossEncoder.fingerprint`), if one was
+        written. Passages committed since are not in it; the model encodes those at query time."""
+        folders = self._segment_folders(fingerprint)
+        if not folders:
+            return None
+        with self._lock:
+            store = self._segment_stores.get(fingerprint)
+            if store is None or store.path != folders[-1]:
+                store = self._segment_stores[fingerprint] = SegmentStore(folders[-1])
+            return store
+
+    def lend_segments(self, model: Any) -> bool:
+        """Have `model` read this index's stored vectors of its passages when it reranks them: True if it now does
+        (a factorised `CrossEncoder` that `store_segments` ran for, or a scorer whose pairs reach one, named by its
+        `encoder`). Any other scorer is left as it is."""
+        model = getattr(model, "encoder", None) or model
+        if getattr(model, "factorised", None) is None or not hasattr(model, "use_segment_store"):
+            return False
+        store = self.segment_store(model.fingerprint)
+        model.use_segment_store(str(self.path.resolve()), store)
+        return store is not None
+
+    def store_segments(self, model: Any, *, show_progress: bool = False) -> SegmentsSummary:
+        """Store `model`'s vector of every live passage's document windows (a factorised `CrossEncoder`), so a
+        search reranking with it encodes only its query. Vectors the previous store holds are reused, so after an
+        ingest only new passages run the model; the new store replaces the old one whole."""
+        self._require_writable()
+        fingerprint = model.fingerprint
+        with self._commit_lock:  # the passages read below are one generation's
+            generation = self._committed_generation()
+            previous = self.segment_store(fingerprint)
+            target = self.path / SEGMENTS / f"{fingerprint}.g{generation}"
+            passages = self.count()["passages"]
+            if previous is not None and previous.path == target:
+                return SegmentsSummary(target, passages, len(previous), 0)
+            with tqdm(total=passages, desc="segments", unit="passage", disable=not show_progress) as progress:
+                cursor = self.db.execute("SELECT title, text FROM passages WHERE deleted IS NULL ORDER BY row")
+                batches = ([Document(text=text, title=title).content for title, text in batch]
+                           for batch in iter(lambda: cursor.fetchmany(SEGMENT_CHUNK), []))
+                store, encoded = write_segment_store(model, batches, target, previous, progress,
+                                                     generation=generation, passages=passages)
+            for folder in self._segment_folders(fingerprint):
+                if folder != target:  # readers that opened it keep their memory map (the inode lives on)
+                    shutil.rmtree(folder, ignore_errors=True)
+            return SegmentsSummary(target, passages, len(store), encoded)
+
     # ---- reading --------------------------------------------------------------------------------------------
 
     def fields(self) -> list[str]:
@@ -662,4 +735,8 @@ class Index:
             "dense": None if self.dense is None else {"vectors": len(self.dense), "search": self.dense.kind,
                                                       "dimension": self.dense.dimension},
             "metadata_fields": self.fields(), "config": asdict(self.config), "bytes": size,
+            "segment_stores": [{"path": str(folder.relative_to(self.path)),
+                                **json.loads((folder / SEGMENT_META).read_text(encoding="utf-8"))}
+                               for folder in sorted((self.path / SEGMENTS).glob("*.g*"))
+                               if (folder / SEGMENT_META).is_file()],
         }
