@@ -1,5 +1,6 @@
 """First-stage retrieval benchmark on BEIR SciFact and NPL (../shared/datasets): ingest throughput, query latency
-and full-corpus nDCG@10 for BM25, dense, hybrid (RRF) and hybrid + rerank, side by side with bm25s.
+and full-corpus nDCG@10 for BM25, dense, hybrid (RRF) and hybrid + rerank (for a factorised model also with the
+passages' vectors stored in the index, as `crossrank index` does), side by side with bm25s.
 
     python benchmarks/retrieval.py --setup      # once: benchmarks/.venv-retrieval with bm25s + PyStemmer
     python benchmarks/retrieval.py [--datasets scifact npl] [--model CROSS_ENCODER_DIR] [--rerank-queries 20]
@@ -131,7 +132,7 @@ def bench_dataset(name: str, args) -> dict:
 
     def build(path: Path, dense: bool) -> tuple[Index, float]:
         if args.reuse and path.is_dir():
-            return Index.open(path), float("nan")
+            return Index.open(path, writable=True), float("nan")
         if path.exists():
             import shutil
 
@@ -178,6 +179,18 @@ def bench_dataset(name: str, args) -> dict:
                                 "ndcg@10": ndcg10({q: dataset.qrels[q] for q in subset if q in dataset.qrels}, run)
                                 if args.model else None}
         print(f"[{name}] hybrid+rerank: {out['hybrid+rerank']}", flush=True)
+        if model.factorised is not None:  # what `crossrank index` does by default: store the passages' vectors
+            start = time.perf_counter()
+            stored = index.store_segments(model, show_progress=True)
+            out["ingest"].update(segments_s=time.perf_counter() - start, segments=stored.segments,
+                                 segments_encoded=stored.encoded)
+            index.lend_segments(model)  # as `search_pipeline` does: the same pipeline now reads them
+            run, latency = timed_queries(lambda text: doc_run(rerank.search(text).candidates), subset)
+            out["hybrid+rerank, stored segments"] = {**out["hybrid+rerank"], **latency,
+                                                     "ndcg@10": ndcg10({q: dataset.qrels[q] for q in subset
+                                                                        if q in dataset.qrels}, run)}
+            print(f"[{name}] hybrid+rerank, stored segments: {out['hybrid+rerank, stored segments']} "
+                  f"({stored.segments} window vectors, {out['ingest']['segments_s']:.0f}s)", flush=True)
     if not args.bm25_only:
         out["ann"] = ann_recall(index, queries)
     index.close()
@@ -218,9 +231,13 @@ def table(results: dict) -> str:
         if "dense" in r:
             rows += [("dense (MiniLM ONNX, FAISS)", f"{ingest['dense_passages_per_s']:.0f}", r["dense"]),
                      ("hybrid RRF", "", r["hybrid"])]
-        if "hybrid+rerank" in r:
-            rows.append((f"hybrid + rerank {r['hybrid+rerank']['rerank_k']} ({r['hybrid+rerank']['queries']} q)", "",
-                         r["hybrid+rerank"]))
+        for system in ("hybrid+rerank", "hybrid+rerank, stored segments"):
+            if system in r:
+                rerank = r[system]
+                stored = system.endswith("segments")
+                rate = f"{ingest['segments'] / ingest['segments_s']:.0f} windows/s" if stored else ""
+                rows.append((f"hybrid + rerank {rerank['rerank_k']} ({rerank['queries']} q)"
+                             + (", stored passage vectors" if stored else ""), rate, rerank))
         rows.append(("bm25s (peer)", f"{r['bm25s']['docs_per_s']:.0f}", r["bm25s"]))
         for system, rate, m in rows:
             ndcg = "—" if m.get("ndcg@10") is None else f"{m['ndcg@10']:.4f}"

@@ -36,9 +36,10 @@ Aggregate = Literal["max", "first", "mean"]
 AGGREGATES = ("max", "first", "mean")
 # A factorised model's document window, in tokens (32 of them overlapping the next window), scored as the best
 # window. Chosen on training data: the mean nDCG@10 of trec-dl-2021's BM25 top-100 and SciFact train's BM25 top-20
-# (first 200 queries) with the bundled model, windows fitted beside the query 0.6492, fixed 254 (a whole segment)
-# 0.6510, 190 0.6523, 126 0.6543 — at about the same tokens per document (the windows overlap either way).
-DOCUMENT_WINDOW_TOKENS = 126
+# (first 200 queries) with the bundled model: windows fitted beside the query 0.6492, fixed 254 (a whole segment)
+# 0.6510, 190 0.6523, 126 0.6543, 96 0.6641, 64 0.6411 (64 cuts MS MARCO passages: trec-dl-2021 0.5737). Shorter
+# windows read more tokens per long document (the overlap repeats); 96 against 126: see the README's speed section.
+DOCUMENT_WINDOW_TOKENS = 96
 
 
 @dataclass(frozen=True)
