@@ -83,6 +83,16 @@ def test_a_damaged_store_is_a_clear_error(tmp_path: Path) -> None:
         SegmentStore(tmp_path / "store")
 
 
+def test_search_over_a_damaged_store_encodes_instead(index: Path, closed_gated_dir: Path) -> None:
+    model = CrossEncoder.from_pretrained(closed_gated_dir, max_length=64)
+    with Index.open(index, writable=True) as writable:
+        stored = writable.store_segments(model)
+    (stored.path / "keys.npy").write_bytes(b"truncated")
+    with Index.open(index) as readonly:
+        assert readonly.segment_store(model.fingerprint) is None and not readonly.lend_segments(model)
+        assert search_pipeline(readonly, ["bm25"], reranker=model).search(QUERIES[0]).candidates
+
+
 def test_search_reading_stored_segments_encodes_only_the_query_and_scores_the_same(index: Path,
                                                                                  closed_gated_dir: Path) -> None:
     model = CrossEncoder.from_pretrained(closed_gated_dir, max_length=64)
@@ -108,8 +118,11 @@ def test_search_reading_stored_segments_encodes_only_the_query_and_scores_the_sa
 def test_a_new_ingest_encodes_only_new_passages_and_replaces_the_store_whole(index: Path,
                                                                              closed_gated_dir: Path) -> None:
     model = CrossEncoder.from_pretrained(closed_gated_dir, max_length=64)
+    killed = index / "segments" / f".{model.fingerprint}.g1.writing-x"  # what a writer killed mid-way leaves
+    killed.mkdir(parents=True)
     with Index.open(index, writable=True) as writable:
         first = writable.store_segments(model)
+        assert not killed.exists()
         assert writable.store_segments(model).encoded == 0  # nothing changed: the store stands
         writable.add([{"id": "tea", "text": "Green tea is brewed at a lower temperature than black tea."}])
         writable.delete(["cell"])
@@ -156,6 +169,10 @@ def test_crossrank_index_stores_the_rerankers_segments(tmp_path: Path, closed_ga
     plain = runner.invoke(app, ["index", str(tmp_path / "b"), "--from", str(corpus), "--no-dense",
                                 "--model", str(tiny_model_dir)])
     assert plain.exit_code == 0 and "segments: none stored" in plain.stdout
+    missing = runner.invoke(app, ["index", str(tmp_path / "d"), "--from", str(corpus), "--no-dense",
+                                  "--model", str(tmp_path / "no-such-model")])
+    assert missing.exit_code == 0 and "no reranker vectors stored" in missing.stderr
+    assert "indexed 4 documents" in missing.stdout  # the passages themselves are in
     skipped = runner.invoke(app, ["index", str(tmp_path / "c"), "--from", str(corpus), "--no-dense",
                                   "--no-segments"])
     assert skipped.exit_code == 0 and "segments" not in skipped.stdout

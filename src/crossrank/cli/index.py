@@ -128,7 +128,12 @@ def store_segments(index: Any, model: str | Path | None) -> str:
     that is not factorised has none to store, which is said, not an error."""
     from crossrank.model.cross_encoder import CrossEncoder
 
-    reranker = CrossEncoder.from_pretrained(model)
+    try:
+        reranker = CrossEncoder.from_pretrained(model)
+    except (OSError, ValueError) as exc:  # the passages are committed already; vectors only save query-time work
+        typer.echo(f"warning: indexed, but no reranker vectors stored ({exc}); search encodes the passages it "
+                   "reranks", err=True)
+        return ""
     if reranker.factorised is None:
         return f"segments: none stored ({reranker.name} reads each document beside the query, so search encodes both)"
     summary = index.store_segments(reranker, show_progress=True)

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -38,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crossrank.model.segment_store import META as SEGMENT_META
-from crossrank.model.segment_store import SegmentStore, write_segment_store
+from crossrank.model.segment_store import SegmentStore, SegmentStoreError, write_segment_store
 from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
 from crossrank.store.chunking import Chunker, stitch
@@ -51,6 +52,7 @@ from crossrank.store.loaders import (
 )
 from crossrank.types import Candidate, Document, Query
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 DATABASE = "passages.sqlite"
 ADAPTED_MODEL = "adapted-model"
@@ -576,7 +578,11 @@ class Index:
         with self._lock:
             store = self._segment_stores.get(fingerprint)
             if store is None or store.path != folders[-1]:
-                store = self._segment_stores[fingerprint] = SegmentStore(folders[-1])
+                try:
+                    store = self._segment_stores[fingerprint] = SegmentStore(folders[-1])
+                except SegmentStoreError as exc:  # replaced by a writer as we opened it, or damaged: encode instead
+                    log.warning("segment store not read: %s", exc)
+                    return None
             return store
 
     def lend_segments(self, model: Any) -> bool:
@@ -603,6 +609,8 @@ class Index:
             passages = self.count()["passages"]
             if previous is not None and previous.path == target:
                 return SegmentsSummary(target, passages, len(previous), 0)
+            for unfinished in (self.path / SEGMENTS).glob(f".{fingerprint}.g*"):  # a writer killed mid-way
+                shutil.rmtree(unfinished, ignore_errors=True)
             with tqdm(total=passages, desc="segments", unit="passage", disable=not show_progress) as progress:
                 cursor = self.db.execute("SELECT title, text FROM passages WHERE deleted IS NULL ORDER BY row")
                 batches = ([Document(text=text, title=title).content for title, text in batch]
