@@ -152,6 +152,19 @@ def count_score_calls(model) -> list[int]:  # noqa: ANN001 - a CrossEncoder
     return calls
 
 
+def count_segment_rows(model) -> list[int]:  # noqa: ANN001 - a factorised CrossEncoder
+    """Wrap the segments graph of a factorised model so each run appends its row count to the returned list."""
+    rows: list[int] = []
+    run = model.factorised.run
+
+    def counting_run(batch):  # noqa: ANN001, ANN202
+        rows.append(len(batch["input_ids"]))
+        return run(batch)
+
+    model.factorised.run = counting_run
+    return rows
+
+
 def shared_datasets_root() -> Path:
     return Path(os.environ.get("CROSSRANK_DATASETS", REPO.parent / "shared" / "datasets"))
 

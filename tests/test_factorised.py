@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from conftest import count_segment_rows
 
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.cross_encoder import DOCUMENT_WINDOW_TOKENS, CrossEncoder
@@ -109,14 +110,7 @@ def test_each_distinct_segment_is_encoded_once(closed_dir: Path) -> None:
 def test_a_segment_cache_encodes_recurring_documents_once_and_changes_no_score(closed_dir: Path) -> None:
     plain = CrossEncoder.from_pretrained(closed_dir, backend="torch")
     cached = CrossEncoder.from_pretrained(closed_dir, backend="torch", segment_cache_entries=100)
-    seen: list[int] = []
-    run = cached.backend.run
-
-    def counting_run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        seen.append(len(batch["input_ids"]))
-        return run(batch)
-
-    cached.factorised.run = counting_run
+    seen = count_segment_rows(cached)
     queries, documents = [q for q, _ in PAIRS], _documents()
     first = cached.score(queries, documents)
     encoded = sum(seen)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from conftest import count_segment_rows
 
 from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.model.segment_store import SegmentStore, SegmentStoreError, SegmentStoreWriter, segment_key
@@ -26,19 +27,6 @@ DOCUMENTS = [
     {"id": "river", "title": "Barges", "text": LONG},
 ]
 QUERIES = ["what is the capital of france", "how do vaccines work", "river barges carrying grain"]
-
-
-def counting(model: CrossEncoder) -> list[int]:
-    """Rows the model's segments graph runs, call by call."""
-    seen: list[int] = []
-    run = model.factorised.run
-
-    def counting_run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        seen.append(len(batch["input_ids"]))
-        return run(batch)
-
-    model.factorised.run = counting_run
-    return seen
 
 
 @pytest.fixture
@@ -103,7 +91,7 @@ def test_search_reading_stored_segments_encodes_only_the_query_and_scores_the_sa
         summary = writable.store_segments(CrossEncoder.from_pretrained(closed_gated_dir, max_length=64))
     windows = {segment_key(ids.tobytes()) for s in model.document_segments(passages) for ids in s}
     assert summary.passages == len(passages) and summary.segments == summary.encoded == len(windows) > len(passages)
-    seen = counting(model)
+    seen = count_segment_rows(model)
     with Index.open(index) as readonly:
         for query, before in zip(QUERIES, expected, strict=True):
             seen.clear()
