@@ -33,7 +33,8 @@ def test_rerank_a_list(tmp_path):
 def test_index_and_search(tmp_path):
     output = run_example("index_and_search.sh", tmp_path, "idx").stdout.splitlines()
     assert output[0].startswith("indexed 7 documents from 3 files")
-    assert "long-documents.md#0" in output[1]  # the page about long documents answers the query about them
+    assert output[1].startswith("segments: 8 window vectors of crossrank-minilm-l6-v2 stored for 7 passages")
+    assert "long-documents.md#0" in output[2]  # the page about long documents answers the query about them
     filtered = json.loads(output[-1])
     assert filtered["results"][0]["doc_id"] == "vaccines"
     assert all(r["metadata"]["lang"] == "en" for r in filtered["results"])
