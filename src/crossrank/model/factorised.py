@@ -121,16 +121,17 @@ class FactorisedScorer:
 
     def _vectors(self, segments: list[np.ndarray], token_bytes: list[bytes], progress: tqdm | None,
                  use_cache: bool) -> np.ndarray:
-        """One row per segment: from the cache or a store where they have it, from the model for the rest."""
+        """One row per segment: from the first memory that has it (the cache, then the stores), from the model for
+        the rest."""
         cache = self.cache if use_cache else None
-        stores = list(self.stores.values()) if use_cache else []
-        keys = [SegmentCache.key(raw) for raw in token_bytes] if cache is not None or stores else []
-        vectors = cache.get_many(keys) if cache is not None else [None] * len(segments)
-        for store in stores:
+        memories = ([cache] if cache is not None else []) + (list(self.stores.values()) if use_cache else [])
+        keys = [SegmentCache.key(raw) for raw in token_bytes] if memories else []
+        vectors: list[np.ndarray | None] = [None] * len(segments)
+        for memory in memories:
             unknown = [i for i, vector in enumerate(vectors) if vector is None]
             if not unknown:
                 break
-            for i, vector in zip(unknown, store.get_many([keys[i] for i in unknown]), strict=True):
+            for i, vector in zip(unknown, memory.get_many([keys[i] for i in unknown]), strict=True):
                 vectors[i] = vector
         missing = [i for i, vector in enumerate(vectors) if vector is None]
         if progress is not None:

@@ -109,9 +109,6 @@ class SegmentStoreWriter:
     def __contains__(self, key: bytes) -> bool:
         return key in self._keys
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def add(self, keys: Sequence[bytes], vectors: Iterable[np.ndarray]) -> None:
         for key, vector in zip(keys, vectors, strict=True):
             if key in self._keys:
