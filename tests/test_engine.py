@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from crossrank import CrossEncoder, Document
 from crossrank.model.batching import pack_batches
-from crossrank.model.calibration import Calibrator
+from crossrank.model.calibration import CALIBRATION_FILE, Calibrator
 from crossrank.model.checkpoint import Checkpoint, CheckpointError
 from crossrank.model.export import export_dir, onnx_model_path
+from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.tokenization import DocumentTooLongError
 
 QUERY = "how do vaccines train the immune system"
@@ -119,6 +120,16 @@ def test_export_is_cached_by_content_hash(tiny_model_dir, tmp_path):
     config["label2id"] = {"relevant": 0}
     (changed / "config.json").write_text(json.dumps(config))
     assert export_dir(Checkpoint.open(changed), "classification") != export_dir(checkpoint, "classification")
+
+
+def test_refitting_a_sidecar_file_keeps_the_export(tiny_model_dir, tmp_path):
+    """Calibration or first-stage weights do not change the network: a refit must not re-export the model or
+    orphan the passage vectors an index stored for it."""
+    refitted = tmp_path / "refitted"
+    shutil.copytree(tiny_model_dir, refitted)
+    FirstStageInterpolation(0.2, fitted_on="test").save(refitted)
+    (refitted / CALIBRATION_FILE).write_text(json.dumps({"method": "platt", "a": 1.0, "b": 0.0, "x": [], "y": []}))
+    assert Checkpoint.open(refitted).content_hash == Checkpoint.open(tiny_model_dir).content_hash
 
 
 def test_int8_export_is_a_separate_cached_file(tiny_model_dir):

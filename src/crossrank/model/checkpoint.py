@@ -17,6 +17,11 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("bert", "electra", "roberta", "xlm-roberta", "camembert", "distilbert", "deberta-v2")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model", "vocab.json")
+# What crossrank writes beside a checkpoint that does not change what the network computes: calibration,
+# first-stage weights, adaptation recipe and provenance, training reports. Left out of `content_hash`, so refitting
+# one keeps the ONNX exports and the passage vectors an index stored for the model.
+SIDECAR_FILES = frozenset({"calibration.json", "fusion.json", "adapt.json", "adaptation.json", "blend.json",
+                           "close-gates.json", "teachers.json", "training.json"})
 DEFAULT_MODEL_NAME = "crossrank-minilm-l6-v2"
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -120,10 +125,12 @@ class Checkpoint:
 
     @cached_property
     def content_hash(self) -> str:
-        """SHA-256 over config, weights and tokenizer files: the key of every derived artefact (ONNX exports)."""
+        """SHA-256 over config, weights and tokenizer files (not the SIDECAR_FILES): the key of every derived
+        artefact (ONNX exports, stored segment vectors)."""
         digest = hashlib.sha256()
         for file in sorted(self.path.iterdir()):
-            if file.is_file() and (file.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")):
+            if (file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")
+                    and file.name not in SIDECAR_FILES):
                 digest.update(file.name.encode())
                 with file.open("rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
