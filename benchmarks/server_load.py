@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -127,8 +128,22 @@ class Contender:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def plain_copy(model: Path, target: Path) -> Path:
+    """The checkpoint as the peers can load it: infinity picks reranking only for a config that names a
+    sequence-classification architecture, which a gated checkpoint's does not (same weights, same shape)."""
+    config = json.loads((model / "config.json").read_text())
+    if config.get("architectures"):
+        return model
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(model, target)
+    config["architectures"] = ["BertForSequenceClassification"]
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    return target
+
+
 def contenders(model: Path, which: list[str]) -> list[Contender]:
     python = sys.executable
+    peer_model = plain_copy(model, WORK / "peer-model")
     all_ = {
         # A generous timeout: under this benchmark's overload crossrank's default 60 s would shed requests
         # (503 + Retry-After) where the peers, which have no timeout, just keep them waiting. No score or segment
@@ -143,12 +158,12 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
                                                        "--segment-cache", "0"],
                                 "/v1/rerank", {}),
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
-                                           str(model), "--engine", "torch", "--device", "cpu", "--dtype",
+                                           str(peer_model), "--engine", "torch", "--device", "cpu", "--dtype",
                                            "float32", "--host",
                                            "127.0.0.1"], "/rerank",
                               {"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}),
         "st-fastapi": Contender("st-fastapi", [python, str(Path(__file__).resolve()), "--serve-plain",
-                                               str(model)], "/rerank", {}),
+                                               str(peer_model)], "/rerank", {}),
     }
     chosen = [all_[name] for name in which]
     for contender in chosen:
