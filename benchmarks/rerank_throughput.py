@@ -78,7 +78,10 @@ def default_model_dir() -> Path | None:
 
 
 def minilm_cross_encoder(target: Path) -> Path:
-    """all-MiniLM-L6-v2's body under a seeded, untrained one-logit head: the right size and shape for speed."""
+    """all-MiniLM-L6-v2's body under a seeded, untrained one-logit head: the right size and shape for speed. Made
+    once: a `target` that already holds it is returned as is."""
+    if (target / "config.json").is_file():
+        return target
     import torch
     from transformers import BertForSequenceClassification
 

@@ -49,11 +49,6 @@ def setup_infinity() -> float:
     return time.time() - start
 
 
-def untrained_minilm(target: Path) -> Path:
-    """Without a bundled model: all-MiniLM-L6-v2 under a seeded one-logit head (real size, real speed), made once."""
-    return target if (target / "config.json").is_file() else minilm_cross_encoder(target)
-
-
 def request_pool(docs: int, count: int, seed: int = 0) -> list[dict]:
     """(query, top-`docs` BM25 passages) from TREC DL 2020, or synthetic passages if ../shared is absent."""
     root = Path(os.environ.get("CROSSRANK_DATASETS", REPO.parent / "shared" / "datasets")) / "trec-dl-2020"
@@ -259,7 +254,7 @@ def main() -> None:
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     setup_seconds = setup_infinity() if "infinity" in args.contenders else 0.0
-    model = args.model or default_model_dir() or untrained_minilm(WORK / "minilm-ce")
+    model = args.model or default_model_dir() or minilm_cross_encoder(WORK / "minilm-ce")
     pools = {docs: request_pool(docs, 200, seed=docs) for docs in args.docs}
     servers = contenders(model, args.contenders)
     runs: list[dict] = []
