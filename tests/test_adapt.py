@@ -65,24 +65,30 @@ def tiny_base(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -
     return base
 
 
-@pytest.fixture(scope="module")
-def index_dir(tiny_index_config, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    path = tmp_path_factory.mktemp("adapt") / "index"
-    with Index.create(path, tiny_index_config) as index:
+def _topics_index(path: Path, config) -> Path:  # noqa: ANN001 - an IndexConfig
+    with Index.create(path, config) as index:
         index.add([{"id": f"{topic}-{part}", "title": f"All about {topic}", "text": f"{text} Part {part} of {topic}."}
                    for topic, text in TOPICS.items() for part in (1, 2)])
         index.commit()
     return path
 
 
-@pytest.fixture(scope="module")
-def adapted(index_dir: Path, tiny_base: Path, tiny_bi_encoder: Path) -> adapt.AdaptReport:
-    """One adaptation run (the "minilm" teacher is the tiny bi-encoder, so nothing real is loaded)."""
+def _adapt(index: Path, base: Path, bi_encoder: Path) -> adapt.AdaptReport:
+    """One short adaptation run (the "minilm" teacher is the tiny bi-encoder, so nothing real is loaded)."""
     teacher = adapt.BiEncoderTeacher
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adapt, "BiEncoderTeacher", lambda device: teacher(tiny_bi_encoder, device=device))
-        return adapt.adapt_index(index_dir, base=str(tiny_base), minutes=1.0, queries=12, depth=5, steps=2,
-                                 progress=False)
+        patch.setattr(adapt, "BiEncoderTeacher", lambda device: teacher(bi_encoder, device=device))
+        return adapt.adapt_index(index, base=str(base), minutes=1.0, queries=12, depth=5, steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_index_config, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    return _topics_index(tmp_path_factory.mktemp("adapt") / "index", tiny_index_config)
+
+
+@pytest.fixture(scope="module")
+def adapted(index_dir: Path, tiny_base: Path, tiny_bi_encoder: Path) -> adapt.AdaptReport:
+    return _adapt(index_dir, tiny_base, tiny_bi_encoder)
 
 
 def test_adapt_installs_a_loadable_model_with_provenance(adapted: adapt.AdaptReport, index_dir: Path,
@@ -91,6 +97,8 @@ def test_adapt_installs_a_loadable_model_with_provenance(adapted: adapt.AdaptRep
     assert model_dir == index_dir / "adapted-model" and adapted.out == str(model_dir)
     engine = CrossEncoder.from_pretrained(model_dir, backend="torch")
     assert is_gated(engine.checkpoint.config) and engine.interpolation.weight == 0.25
+    assert engine.factorised is not None  # the base's closed gates stayed closed
+    assert adapted.segments is None  # this index stores no reranker vectors
     assert engine.predict([("owls at night", "Owls hunt at night.")]).shape == (1,)
     for name in ("calibration.json", "fusion.json"):
         assert (model_dir / name).read_bytes() == (tiny_base / name).read_bytes()
@@ -118,6 +126,19 @@ def test_search_uses_the_adapted_model_unless_told_not_to(adapted: adapt.AdaptRe
     monkeypatch.setattr(checkpoint, "BUNDLED_MODELS_DIR", tmp_path / "no-models")
     bundled = runner.invoke(app, [*query, "--no-adapted"])
     assert bundled.exit_code == 2 and "default model" in bundled.output and "adapted model" not in bundled.output
+
+
+def test_an_index_that_stores_reranker_vectors_gets_the_adapted_models(tiny_base: Path, tiny_bi_encoder: Path,
+                                                                        tiny_index_config, tmp_path: Path) -> None:  # noqa: ANN001
+    path = _topics_index(tmp_path / "index", tiny_index_config)
+    with Index.open(path, writable=True) as index:
+        index.store_segments(CrossEncoder.from_pretrained(tiny_base, backend="torch"))
+    report = _adapt(path, tiny_base, tiny_bi_encoder)
+    adapted_engine = CrossEncoder.from_pretrained(adapted_model(path))  # what `search` loads
+    with Index.open(path) as index:
+        store = index.segment_store(adapted_engine.fingerprint)
+        assert store is not None and len(store) == report.segments > 0
+        assert index.lend_segments(adapted_engine)  # search with the adapted model encodes only the query
 
 
 def test_a_failed_adaptation_leaves_the_adapted_model_untouched(adapted: adapt.AdaptReport, index_dir: Path,

@@ -80,31 +80,52 @@ def test_onnx_and_int8_match_torch(tiny_gated_dir) -> None:  # noqa: ANN001
     np.testing.assert_allclose(int8, reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
 
 
-@pytest.mark.slow
-def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # noqa: ANN001
+TRAIN_DOCUMENTS = ["apple orchard apples", "river boats", "mountain ropes", "apple pie", "river delta floods"]
+TEACHER = np.array([3.0, -1.0, -2.0, 1.0, 0.0], dtype=np.float32)
+
+
+def _distil(tmp_path, **overrides):  # noqa: ANN001, ANN003, ANN202 - (trainer, scores before, scores after)
     from crossrank.train.data import RankingList
     from crossrank.train.trainer import TrainConfig, Trainer
 
     source = tiny_bi_encoder(tmp_path / "bi")
-    documents = ["apple orchard apples", "river boats", "mountain ropes", "apple pie", "river delta floods"]
-    teacher = np.array([3.0, -1.0, -2.0, 1.0, 0.0], dtype=np.float32)
-    lists = [RankingList(query="apple", documents=documents, teacher=teacher, query_id="q", document_ids=list("abcde"))]
-    config = TrainConfig(base=str(source), architecture="gated", label_loss=None, teacher_loss="kl", temperature=1.0,
-                         first_stage_weight=0.0, group_size=5, lists_per_step=2, steps=30, lr=1e-3, head_lr=1e-2,
-                         warmup=0.0, eval_every=30, device="cpu", bf16=False, max_length=128)
-    trainer = Trainer(config, lists, tmp_path / "out", log=lambda _: None)
+    lists = [RankingList(query="apple", documents=TRAIN_DOCUMENTS, teacher=TEACHER, query_id="q",
+                         document_ids=list("abcde"))]
+    settings = dict(base=str(source), architecture="gated", label_loss=None, teacher_loss="kl", temperature=1.0,
+                    first_stage_weight=0.0, group_size=5, lists_per_step=2, steps=30, lr=1e-3, head_lr=1e-2,
+                    warmup=0.0, eval_every=30, device="cpu", bf16=False, max_length=128)
+    trainer = Trainer(TrainConfig(**settings | overrides), lists, tmp_path / "out", log=lambda _: None)
     before = trainer.score_lists(lists)[0]
     trainer.train()
-    after = trainer.score_lists(lists)[0]
+    return trainer, before, trainer.score_lists(lists)[0]
 
-    def agreement(scores: np.ndarray) -> float:
-        return float(np.corrcoef(scores, teacher)[0, 1])
 
-    assert agreement(after) > agreement(before)
+def _agreement(scores: np.ndarray) -> float:
+    return float(np.corrcoef(scores, TEACHER)[0, 1])
+
+
+@pytest.mark.slow
+def test_trainer_distils_a_teacher_into_the_gated_student(tmp_path) -> None:  # noqa: ANN001
+    trainer, before, after = _distil(tmp_path)
+    assert _agreement(after) > _agreement(before)
     assert trainer.model.cross_gates.abs().sum().item() > 0  # the gates learned to open
     engine = CrossEncoder.from_pretrained(tmp_path / "out", backend="torch")
-    assert is_gated(engine.checkpoint.config)
-    np.testing.assert_allclose(engine.predict([("apple", d) for d in documents]), after, atol=0.05)
+    assert is_gated(engine.checkpoint.config) and engine.factorised is None  # open gates: the joint graph
+    np.testing.assert_allclose(engine.predict([("apple", d) for d in TRAIN_DOCUMENTS]), after, atol=0.05)
+
+
+@pytest.mark.slow
+def test_frozen_gates_stay_closed_so_the_trained_model_is_still_factorised(tmp_path) -> None:  # noqa: ANN001
+    from crossrank.train.trainer import TrainConfig
+
+    trainer, before, after = _distil(tmp_path, freeze_gates=True)
+    assert _agreement(after) > _agreement(before)  # the body and head still learn
+    assert trainer.model.cross_gates.abs().sum().item() == 0
+    engine = CrossEncoder.from_pretrained(tmp_path / "out", backend="torch")
+    assert engine.factorised is not None
+    np.testing.assert_allclose(engine.predict([("apple", d) for d in TRAIN_DOCUMENTS]), after, atol=0.05)
+    with pytest.raises(ValueError, match="freeze_gates needs a gated student"):
+        TrainConfig(base=str(tmp_path / "bi"), architecture="classifier", freeze_gates=True)
 
 
 def test_weight_space_blend_runs_from_the_start_to_the_tuned_model(tiny_gated_dir) -> None:  # noqa: ANN001

@@ -240,6 +240,10 @@ def test_cli_train_needs_data(tmp_path) -> None:
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), "--base", "minilm"])
     assert result.exit_code == 2
     assert "no training data" in result.output
+    classifier = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), "--architecture", "classifier",
+                                          "--freeze-gates", "--train", "scifact:train"])
+    assert classifier.exit_code == 2 and "freeze_gates needs a gated student" in classifier.output
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow

@@ -34,4 +34,4 @@ def adapt(
         raise fail(str(exc)) from exc
     typer.echo(json.dumps({"out": report.out, "queries": report.queries, "candidates": report.candidates,
                            "weights": report.weights, "steps": report.steps, "pairs": report.pairs,
-                           "seconds": report.seconds}))
+                           "seconds": report.seconds, "segments": report.segments}))

@@ -29,6 +29,10 @@ def train(
     architecture: Annotated[str, typer.Option(
         help="Student: 'gated' (starts as the bi-encoder; the default for a bi-encoder or gated base), "
              "'classifier' ([CLS] head; the default for a classifier base) or 'auto'.")] = "auto",
+    freeze_gates: Annotated[bool, typer.Option(
+        help="Keep a gated student's cross-segment gates where they start: from the bundled model (gates closed) "
+             "the result still scores factorised, each passage encoded once, its vectors storable in an index.")
+    ] = False,
     max_length: Annotated[int, typer.Option(help="Tokens per (query, document) pair.")] = 256,
     group_size: Annotated[int, typer.Option(help="Documents per list in a batch (1 anchor + negatives).")] = 16,
     lists_per_step: Annotated[int, typer.Option(help="Lists per optimizer step.")] = 32,
@@ -46,8 +50,8 @@ def train(
 
     try:
         config = TrainConfig(
-            base=base, architecture=architecture, max_length=max_length, group_size=group_size,
-            lists_per_step=lists_per_step,
+            base=base, architecture=architecture, freeze_gates=freeze_gates, max_length=max_length,
+            group_size=group_size, lists_per_step=lists_per_step,
             label_loss=None if loss == "none" else loss, teacher_loss=None if teacher_loss == "none" else teacher_loss,
             lr=lr, head_lr=head_lr, steps=steps, max_minutes=max_minutes, grad_accum=grad_accum, seed=seed,
             device=device, eval_every=eval_every, patience=patience, resume=resume)

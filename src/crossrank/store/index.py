@@ -569,6 +569,10 @@ class Index:
                  if (path / SEGMENT_META).is_file() and path.name.rsplit(".g", 1)[1].isdigit()]
         return [path for _, path in sorted(found)]
 
+    def keeps_segments(self) -> bool:
+        """True when the index stores some reranker's passage vectors (`crossrank index --segments`)."""
+        return any(path.name.rsplit(".g", 1)[-1].isdigit() for path in (self.path / SEGMENTS).glob("*.g*"))
+
     def segment_store(self, fingerprint: str) -> SegmentStore | None:
         """The newest store of the model `fingerprint`'s passage vectors (`CrossEncoder.fingerprint`), if one was
         written. Passages committed since are not in it; the model encodes those at query time."""

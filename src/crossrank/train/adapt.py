@@ -6,7 +6,9 @@ them (BM25, the MiniLM bi-encoder, the current cross-encoder and, when installed
 err differently, blended by z-score), and a short distillation run moves the cross-encoder toward the ensemble
 on this corpus's vocabulary and style. The result lives in `<index>/adapted-model/`, which `crossrank search`
 then uses for that index. Its calibration (calibration.json) and first-stage weight (fusion.json) are the
-base's, copied unchanged: without judgments there is nothing to refit them on.
+base's, copied unchanged: without judgments there is nothing to refit them on. A base whose cross-segment gates
+are closed (the bundled model) keeps them closed, so the adapted model is still scored factorised, and an index
+that stores reranker vectors gets the adapted model's too: adapting does not make `search` slower.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from crossrank.model.calibration import CALIBRATION_FILE
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.cross_encoder import default_max_length
+from crossrank.model.factorised import gates_closed
 from crossrank.model.interpolation import FUSION_FILE
 from crossrank.store.index import ADAPTED_MODEL, Index
 from crossrank.train.data import RankingList, pseudo_query
@@ -65,6 +68,7 @@ class AdaptReport:
     pairs: int
     train_seconds: float
     seconds: float
+    segments: int | None = None  # passage-window vectors stored for the adapted model (None: none stored)
     calibration: str = "the base's calibration.json and fusion.json where it ships them, not refitted"
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +129,25 @@ def adapt_index(index_path: str | Path, *, base: str | None = None, minutes: flo
         install(built, index_path / ADAPTED_MODEL)
     finally:
         shutil.rmtree(built, ignore_errors=True)  # already gone once installed
+    report.segments = store_vectors(index_path, index_path / ADAPTED_MODEL, progress)
+    report.seconds = round(time.monotonic() - start, 1)
     return report
+
+
+def store_vectors(index_path: Path, model: Path, progress: bool) -> int | None:
+    """Store the adapted model's passage vectors in an index that keeps a reranker's, so that `search` with it
+    still encodes only the query. Returns the windows stored, or None (the index keeps none, or the model is not
+    factorised)."""
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    with Index.open(index_path) as index:
+        if not index.keeps_segments():
+            return None
+    reranker = CrossEncoder.from_pretrained(model)
+    if reranker.factorised is None:
+        return None
+    with Index.open(index_path, writable=True) as index:
+        return index.store_segments(reranker, show_progress=progress).segments
 
 
 def read_recipe(base: Path) -> tuple[dict[str, Any], str]:
@@ -224,7 +246,9 @@ def train_adapted(lists: Sequence[RankingList], base: Path, out: Path, *, minute
     checkpoint plus the base's calibration and fusion files, without the optimizer state."""
     # 8 lists x 8 candidates a step keeps a CPU run within a laptop's memory; the base is trained already, so its
     # head moves at the body's rate instead of the fresh-head rate.
+    # Closed gates stay closed (`freeze_gates`): the adapted model keeps the base's factorised scoring.
     config = TrainConfig(base=str(base), label_loss=None, teacher_loss="kl", first_stage_weight=0.0, steps=steps,
+                         freeze_gates=gates_closed(Checkpoint.open(base)),
                          max_minutes=minutes, group_size=8, lists_per_step=8, lr=2e-5, head_lr=2e-5, seed=seed,
                          max_length=default_max_length(Checkpoint.open(base)))
     result = Trainer(config, lists, out, log=log).train()

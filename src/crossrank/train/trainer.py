@@ -36,6 +36,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 HEAD_PREFIXES = ("model.classifier.", "model.pre_classifier.", "model.bert.pooler.", "model.pooler.", "cls_head.",
                  "log_scale", "cross_gates")
 ARCHITECTURES = ("auto", "gated", "classifier")
+FREEZE_NEEDS_GATES = "freeze_gates needs a gated student (architecture 'gated')"
 
 
 @dataclass
@@ -43,6 +44,9 @@ class TrainConfig:
     base: str = "minilm"
     architecture: str = "auto"
     gradient_checkpointing: bool = False
+    # Keep a gated student's cross-segment gates where they start: closed gates stay exactly 0, so the trained
+    # model is still scored factorised (each query and passage window encoded once, passages' vectors storable).
+    freeze_gates: bool = False
     max_length: int = 256
     batch_tokens: int = 8192
     group_size: int = 16
@@ -75,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"teacher_loss must be one of {sorted(TEACHER_LOSSES)} or None, got {self.teacher_loss!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.freeze_gates and self.architecture == "classifier":
+            raise ValueError(FREEZE_NEEDS_GATES)
         if self.label_loss is None and self.teacher_loss is None:
             raise ValueError("at least one of label_loss and teacher_loss is needed")
         for name in ("group_size", "lists_per_step", "steps", "grad_accum", "eval_every", "max_length", "batch_tokens"):
@@ -231,7 +237,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.checkpoint, self.model = load_student(config.base, config.architecture)
         self.model.to(self.device)
+        if config.freeze_gates and not isinstance(self.model, GatedCrossEncoder):
+            raise ValueError(FREEZE_NEEDS_GATES)
         if isinstance(self.model, GatedCrossEncoder):
+            self.model.cross_gates.requires_grad_(not config.freeze_gates)
             self.model.gradient_checkpointing = config.gradient_checkpointing
             self.out.mkdir(parents=True, exist_ok=True)
             write_pair_tokenizer(self.checkpoint.path, self.out, config.max_length)
@@ -239,8 +248,9 @@ class Trainer:
         else:
             tokenizer, self.pad_id = load_tokenizer(self.checkpoint.path)
         self.pair_encoder = PairEncoder(tokenizer, config.max_length, long_documents="truncate", window_overlap=0)
-        head = [p for n, p in self.model.named_parameters() if n.startswith(HEAD_PREFIXES)]
-        body = [p for n, p in self.model.named_parameters() if not n.startswith(HEAD_PREFIXES)]
+        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        head = [p for n, p in trained if n.startswith(HEAD_PREFIXES)]
+        body = [p for n, p in trained if not n.startswith(HEAD_PREFIXES)]
         self.optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr, "base_lr": config.lr},
                                             {"params": head, "lr": config.head_lr, "base_lr": config.head_lr}],
                                            weight_decay=config.weight_decay)
