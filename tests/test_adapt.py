@@ -19,6 +19,7 @@ from crossrank.model.cross_encoder import CrossEncoder
 from crossrank.model.gated import GatedCrossEncoder, is_gated
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.store import Index, adapted_model
+from crossrank.store.index import IndexLockedError
 from crossrank.train import adapt
 from crossrank.types import Candidate
 
@@ -139,6 +140,15 @@ def test_an_index_that_stores_reranker_vectors_gets_the_adapted_models(tiny_base
         store = index.segment_store(adapted_engine.fingerprint)
         assert store is not None and len(store) == report.segments > 0
         assert index.lend_segments(adapted_engine)  # search with the adapted model encodes only the query
+
+    def locked(*_, **__):  # noqa: ANN002, ANN003, ANN202
+        raise IndexLockedError("another process is writing to the index")
+
+    before = _snapshot(path / "segments")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Index, "store_segments", locked)
+        again = _adapt(path, tiny_base, tiny_bi_encoder)  # the model is installed; the vectors wait
+    assert again.segments is None and adapted_model(path).is_dir() and _snapshot(path / "segments") == before
 
 
 def test_a_failed_adaptation_leaves_the_adapted_model_untouched(adapted: adapt.AdaptReport, index_dir: Path,

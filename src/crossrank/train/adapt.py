@@ -129,7 +129,11 @@ def adapt_index(index_path: str | Path, *, base: str | None = None, minutes: flo
         install(built, index_path / ADAPTED_MODEL)
     finally:
         shutil.rmtree(built, ignore_errors=True)  # already gone once installed
-    report.segments = store_vectors(index_path, index_path / ADAPTED_MODEL, progress)
+    try:
+        report.segments = store_vectors(index_path, index_path / ADAPTED_MODEL, progress)
+    except (OSError, RuntimeError, ValueError) as exc:  # the model is in place; only search's speed depends on this
+        log(f"the adapted model is installed, but its passage vectors were not stored ({exc}): search encodes the "
+            "passages it reranks")
     report.seconds = round(time.monotonic() - start, 1)
     return report
 
