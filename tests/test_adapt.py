@@ -107,7 +107,7 @@ def test_adapt_installs_a_loadable_model_with_provenance(adapted: adapt.AdaptRep
     assert provenance["base"] == str(tiny_base) and provenance["depth"] == 5 and provenance["steps"] == 2
     assert provenance["weights"] == adapt.FALLBACK_WEIGHTS and "fallback" in provenance["weights_from"]
     assert 0 < provenance["queries"] <= 12 and provenance["candidates"] >= 2 * provenance["queries"]
-    assert provenance["pairs"] > 0 and provenance["minutes"] == 1.0
+    assert provenance["pairs"] > 0 and provenance["minutes"] == 1.0 and "segments" not in provenance
     assert not (model_dir / "trainer_state.pt").exists()
     assert sorted(p.name for p in index_dir.iterdir() if p.name.startswith(".")) == []  # no temporary left
 

@@ -72,7 +72,8 @@ class AdaptReport:
     calibration: str = "the base's calibration.json and fusion.json where it ships them, not refitted"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """How the model was made (`adaptation.json`); the vectors stored in the index afterwards are not part of it."""
+        return {key: value for key, value in asdict(self).items() if key != "segments"}
 
 
 def adapt_index(index_path: str | Path, *, base: str | None = None, minutes: float = 20.0, queries: int = 2000,
