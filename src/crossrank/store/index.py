@@ -564,14 +564,16 @@ class Index:
     # ---- a factorised cross-encoder's segment vectors -------------------------------------------------------
 
     def _segment_folders(self, fingerprint: str) -> list[Path]:
-        """Complete stores of `fingerprint`'s vectors, oldest generation first."""
+        """Complete stores of `fingerprint`'s vectors ("*": any model's), oldest generation first; a writer's
+        unfinished `.`-folder is not one."""
         found = [(int(path.name.rsplit(".g", 1)[1]), path) for path in (self.path / SEGMENTS).glob(f"{fingerprint}.g*")
-                 if (path / SEGMENT_META).is_file() and path.name.rsplit(".g", 1)[1].isdigit()]
+                 if not path.name.startswith(".") and (path / SEGMENT_META).is_file()
+                 and path.name.rsplit(".g", 1)[1].isdigit()]
         return [path for _, path in sorted(found)]
 
     def keeps_segments(self) -> bool:
         """True when the index stores some reranker's passage vectors (`crossrank index --segments`)."""
-        return any(path.name.rsplit(".g", 1)[-1].isdigit() for path in (self.path / SEGMENTS).glob("*.g*"))
+        return bool(self._segment_folders("*"))
 
     def segment_store(self, fingerprint: str) -> SegmentStore | None:
         """The newest store of the model `fingerprint`'s passage vectors (`CrossEncoder.fingerprint`), if one was

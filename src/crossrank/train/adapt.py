@@ -252,10 +252,10 @@ def train_adapted(lists: Sequence[RankingList], base: Path, out: Path, *, minute
     # 8 lists x 8 candidates a step keeps a CPU run within a laptop's memory; the base is trained already, so its
     # head moves at the body's rate instead of the fresh-head rate.
     # Closed gates stay closed (`freeze_gates`): the adapted model keeps the base's factorised scoring.
+    checkpoint = Checkpoint.open(base)
     config = TrainConfig(base=str(base), label_loss=None, teacher_loss="kl", first_stage_weight=0.0, steps=steps,
-                         freeze_gates=gates_closed(Checkpoint.open(base)),
-                         max_minutes=minutes, group_size=8, lists_per_step=8, lr=2e-5, head_lr=2e-5, seed=seed,
-                         max_length=default_max_length(Checkpoint.open(base)))
+                         freeze_gates=gates_closed(checkpoint), max_minutes=minutes, group_size=8, lists_per_step=8,
+                         lr=2e-5, head_lr=2e-5, seed=seed, max_length=default_max_length(checkpoint))
     result = Trainer(config, lists, out, log=log).train()
     (out / "trainer_state.pt").unlink(missing_ok=True)  # only a resume would read it
     for name in (CALIBRATION_FILE, FUSION_FILE):
