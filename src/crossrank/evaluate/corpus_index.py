@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from crossrank.datasets import BeirDataset
+from crossrank.file_lock import exclusive_lock
 from crossrank.model.checkpoint import cache_dir
 from crossrank.store.index import Index, IndexConfig
 
@@ -30,14 +31,24 @@ def index_path(dataset: BeirDataset, config: IndexConfig) -> Path:
 
 
 def corpus_index(dataset: BeirDataset, config: IndexConfig | None = None, *, progress: bool = True) -> Index:
-    """Open the cached index of the dataset's corpus, building it first if there is none (or a partial one)."""
+    """Open the cached index of the dataset's corpus, building it first if there is none.
+
+    The build runs under a lock in a hidden sibling folder renamed into place when complete: a second process asking
+    for the same index (two evaluations started together) waits for the first build instead of racing it — racing
+    builders deleted each other's folders and marked a near-empty index complete — and a killed build leaves nothing
+    that looks complete."""
     config = config or IndexConfig()
     path = index_path(dataset, config)
-    if not (path / COMPLETE).is_file():
-        if path.exists():
-            shutil.rmtree(path)  # an interrupted build of our own cache entry
-        with Index.create(path, config) as index:
-            index.add(dataset.corpus.values())
-            index.commit(show_progress=progress)
-        (path / COMPLETE).write_text(json.dumps({"dataset": dataset.name, "documents": len(dataset.corpus)}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
+        if not (path / COMPLETE).is_file():
+            building = path.with_name(f".{path.name}.building")
+            for leftover in (building, path):  # a killed build; an entry from before the completeness marker
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+            with Index.create(building, config) as index:
+                index.add(dataset.corpus.values())
+                index.commit(show_progress=progress)
+            (building / COMPLETE).write_text(json.dumps({"dataset": dataset.name, "documents": len(dataset.corpus)}))
+            building.rename(path)
     return Index.open(path)

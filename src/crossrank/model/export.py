@@ -7,7 +7,6 @@ unchanged one never does. A file lock makes concurrent first uses export once; f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from crossrank.file_lock import exclusive_lock
 from crossrank.model.checkpoint import Checkpoint, cache_dir
 from crossrank.model.gated import is_gated
 from crossrank.model.graphs import Head, build_graph, input_names
@@ -49,23 +49,13 @@ def onnx_model_path(checkpoint: Checkpoint, head: Head, quantize: Quantize = Non
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory / ".lock"), library_output_as_debug():
+    with exclusive_lock(directory / ".lock"), library_output_as_debug():
         fp32 = directory / "model.onnx"
         if not fp32.is_file():
             _export_fp32(checkpoint, head, fp32)
         if quantize == "int8" and not target.is_file():
             _quantize_int8(fp32, target, INT8_OP_TYPES[head])
     return target
-
-
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    with lock_file.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
