@@ -470,6 +470,16 @@ def test_context_measures_count_documents_and_tokens() -> None:
     assert empty["recall"] == 0.0 and math.isnan(empty["precision"])
 
 
+def test_eval_context_refuses_a_first_stage_that_found_nothing(tiny_model_dir: Path) -> None:
+    from crossrank.context import ContextSelector
+    from crossrank.evaluate.context import ContextEvaluation
+
+    evaluation = ContextEvaluation(ContextSelector(CrossEncoder.from_pretrained(tiny_model_dir, backend="torch")),
+                                   progress=False)
+    with pytest.raises(ValueError, match="no candidates for any of its 2 judged queries"):
+        evaluation.run("toy", "test", {"q0": "a", "q1": "b"}, {"q0": []}, {"q0": {"d0": 1}, "q1": {"d1": 2}})
+
+
 def test_cli_eval_context_reports_every_budget_within_budget(beir_dir: Path, tiny_model_dir: Path,
                                                               minilm_dir: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "context.json", tmp_path / "context.html"

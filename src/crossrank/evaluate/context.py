@@ -168,6 +168,9 @@ class ContextEvaluation:
         if not qids:
             raise ValueError(f"{dataset}:{split} has no query with a relevant document (grade ≥ {config.rel})")
         lists = {qid: list(candidates.get(qid, []))[: config.depth] for qid in qids}
+        if not any(lists.values()):  # e.g. an empty or broken first-stage index: a table of zeros would hide it
+            raise ValueError(f"{dataset}:{split}: the first stage returned no candidates for any of its {len(qids)} "
+                             "judged queries")
         per_query: dict[int, dict[str, dict[str, dict[str, float]]]] = {
             b: {s: {m: {} for m in MEASURES} for s in self.systems} for b in config.budgets}
         answered: dict[str, bool] = {}
