@@ -165,3 +165,32 @@ def test_crossrank_index_stores_the_rerankers_segments(tmp_path: Path, closed_ga
                                   "--no-segments"])
     assert skipped.exit_code == 0 and "segments" not in skipped.stdout
     assert not (tmp_path / "c" / "segments").exists()
+
+
+def test_crossrank_index_without_from_stores_a_new_models_vectors_in_an_existing_index(
+        tmp_path: Path, closed_gated_dir: Path, tiny_model_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossrank.cli import app
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d["id"], "text": d["text"]}) + "\n" for d in DOCUMENTS))
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", str(tmp_path / "a"), "--from", str(corpus), "--no-dense", "--no-segments"])
+    assert built.exit_code == 0, built.output
+    before = sorted(p.name for p in (tmp_path / "a").iterdir())
+    for args, message in ((["--no-segments"], "nothing to do"),
+                          (["--model", str(tiny_model_dir)], "no vectors to store: tiny-bert reads each document"),
+                          (["--model", str(tmp_path / "no-such-model")], "no-such-model")):
+        refused = runner.invoke(app, ["index", str(tmp_path / "a"), *args])
+        assert refused.exit_code == 2 and message in refused.stderr, refused.output
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before  # nothing written, passages untouched
+    missing = runner.invoke(app, ["index", str(tmp_path / "none"), "--model", str(closed_gated_dir)])
+    assert missing.exit_code == 2 and "--from" in missing.stderr and not (tmp_path / "none").exists()
+
+    stored = runner.invoke(app, ["index", str(tmp_path / "a"), "--model", str(closed_gated_dir)])
+    assert stored.exit_code == 0, stored.output
+    assert "window vectors of model stored for 5 passages (" in stored.stdout
+    with Index.open(tmp_path / "a") as index:
+        assert index.count()["documents"] == 4
+        assert index.lend_segments(CrossEncoder.from_pretrained(closed_gated_dir))

@@ -57,7 +57,9 @@ def check_first_stage_weight(value: float | None) -> float | None:
 @app.command("index")
 def index_command(
     directory: Annotated[Path, typer.Argument(help="Index directory (created if missing).")],
-    sources: Annotated[list[Path], typer.Option("--from", help="Files or folders to ingest (repeatable).")],
+    sources: Annotated[list[Path] | None, typer.Option(
+        "--from", help="Files or folders to ingest (repeatable). Without it, an existing index gets the reranker's "
+                       "vectors of its passages (--model's: e.g. a model fine-tuned since), nothing ingested.")] = None,
     passage_tokens: Annotated[int, typer.Option(help="Passage size in bi-encoder tokens (new index).")] = 256,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages (new index).")] = 32,
     dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Store vectors for dense retrieval.")] = True,
@@ -80,6 +82,9 @@ def index_command(
     from crossrank.store import FieldMapping, Index, IndexConfig, adapted_model
     from crossrank.store.loaders import SUPPORTED_SUFFIXES
 
+    if not sources:
+        store_vectors_only(directory, model, segments)
+        return
     mapping = FieldMapping(title=title_field, text=text_field,
                            **({"id": (id_field,)} if id_field else {}))
     missing = [str(source) for source in sources if not source.expanduser().exists()]
@@ -124,18 +129,49 @@ def index_command(
 
 
 def store_segments(index: Any, model: str | Path | None) -> str:
-    """Store the reranker's passage vectors in the index (`Index.store_segments`) and say what was done; a model
-    that is not factorised has none to store, which is said, not an error."""
+    """After an ingest: store the reranker's passage vectors in the index and say what was done. The passages are
+    committed already and vectors only save query-time work, so a model that does not load is a warning; one that is
+    not factorised has none to store, which is said, not an error."""
     from crossrank.model.cross_encoder import CrossEncoder
 
     try:
         reranker = CrossEncoder.from_pretrained(model)
-    except (OSError, ValueError) as exc:  # the passages are committed already; vectors only save query-time work
+    except (OSError, ValueError) as exc:
         typer.echo(f"warning: indexed, but no reranker vectors stored ({exc}); search encodes the passages it "
                    "reranks", err=True)
         return ""
     if reranker.factorised is None:
-        return f"segments: none stored ({reranker.name} reads each document beside the query, so search encodes both)"
+        return f"segments: none stored ({not_factorised(reranker)})"
+    return stored_vectors(index, reranker)
+
+
+def store_vectors_only(directory: Path, model: str | None, segments: bool) -> None:
+    """`crossrank index DIR` without --from: store a model's passage vectors in an existing index (a model trained
+    or adapted since the passages were ingested), so `search -m MODEL` encodes only the query. Here storing them is
+    the whole job, so each reason it cannot happen is an error."""
+    from crossrank.model.cross_encoder import CrossEncoder
+    from crossrank.store import Index, adapted_model
+
+    if not segments:
+        raise fail("nothing to do: --from FILES ingests them; without --from, the index gets a reranker's vectors "
+                   "(which --no-segments turns off)")
+    if not directory.exists():
+        raise fail(f"no index at {directory}: pass --from FILES to create one")
+    try:
+        with Index.open(directory, writable=True) as index:
+            reranker = CrossEncoder.from_pretrained(model or adapted_model(directory))
+            if reranker.factorised is None:
+                raise ValueError(f"no vectors to store: {not_factorised(reranker)}")
+            typer.echo(stored_vectors(index, reranker))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def not_factorised(reranker: Any) -> str:
+    return f"{reranker.name} reads each document beside the query, so search encodes both"
+
+
+def stored_vectors(index: Any, reranker: Any) -> str:
     summary = index.store_segments(reranker, show_progress=True)
     return (f"segments: {count(summary.segments, 'window vector')} of {reranker.name} stored for "
             f"{count(summary.passages, 'passage')} ({summary.encoded} encoded now, the rest kept): search encodes "
