@@ -78,7 +78,8 @@ def index_command(
         "--model", "-m", help="The cross-encoder whose vectors --segments stores (default: the one `search` "
                               "reranks with: the index's adapted model, else the bundled one).")] = None,
 ) -> None:
-    """Ingest text, Markdown, HTML, PDF, JSONL/CSV or a BEIR corpus.jsonl into an index (same id replaces)."""
+    """Ingest text, Markdown, HTML, PDF, JSONL/CSV or a BEIR corpus.jsonl into an index (same id replaces); without
+    --from, store a model's passage vectors in an existing index."""
     from crossrank.store import FieldMapping, Index, IndexConfig, adapted_model
     from crossrank.store.loaders import SUPPORTED_SUFFIXES
 
