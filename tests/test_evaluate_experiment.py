@@ -75,6 +75,17 @@ def test_first_stage_row_equals_the_run_evaluated_directly(result) -> None:
     assert experiment.rel == 2
 
 
+def test_a_first_stage_that_found_nothing_for_some_queries_is_noted(beir_dir: Path) -> None:
+    dataset = BeirDataset(beir_dir, "test")
+    partial = {qid: docs for qid, docs in dataset.run("first").items() if qid not in {"q0", "q3"}}
+    config = ExperimentConfig(depth=10, depths=(10,), permutations=50, timing_queries=1, curve=False)
+    experiment = Experiment(dataset, {"run": FromRun(partial, dataset.corpus)}, {}, config, progress=False)
+    result = experiment.run(parse_pipelines("run"))
+    assert "first stage 'run' returned no candidates for 2 of 6 queries" in result.notes
+    full = Experiment(dataset, {"run": FromRun(dataset.run("first"), dataset.corpus)}, {}, config, progress=False)
+    assert not any("no candidates" in note for note in full.run(parse_pipelines("run")).notes)
+
+
 def test_reranked_rows_are_the_models_own_ranking(result) -> None:
     experiment, dataset, scorers = result
     run = dataset.run("first")

@@ -278,6 +278,10 @@ class Experiment:
             first_doc_run = _doc_run(first.run, first.candidates)
             if spec.first not in first_values:
                 first_values[spec.first] = per_query(qrels, first_doc_run, (config.primary,), rel)[config.primary]
+                empty = sum(not first.run.get(query.id) for query in self.queries)
+                if empty:  # an empty or stale index scores 0 everywhere, which would read as a measurement
+                    notes.append(f"first stage {spec.first!r} returned no candidates for {empty} of "
+                                 f"{len(self.queries)} queries")
             if spec.reranker is None:
                 systems.append(self._system(spec, first_doc_run, first.ms_per_query, rel))
                 continue
