@@ -122,6 +122,20 @@ def test_serve_with_a_bad_model_says_so_in_one_line(tmp_path):
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_serve_says_what_its_index_root_holds_and_refuses_a_file(tmp_path):
+    from crossrank.cli.serve import describe_index_root
+    from crossrank.store import Index, IndexConfig
+
+    assert "does not exist yet" in describe_index_root(tmp_path / "typo")
+    assert describe_index_root(tmp_path) == f"0 indexes under {tmp_path}"
+    Index.create(tmp_path / "docs", IndexConfig(dense=False)).close()
+    (tmp_path / "notes").mkdir()  # not an index: not counted
+    assert describe_index_root(tmp_path) == f"1 index under {tmp_path}: docs"
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["serve", "--index-root", str(tmp_path / "file"), "--port", "1"])
+    assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
+
+
 def test_json_logs_carry_no_ansi_copy_of_the_message():
     import logging
 

@@ -122,6 +122,7 @@ def serve(
         raise fail(f"--ltr: {exc}") from exc
     if reports is not None and not reports.is_dir():
         raise fail(f"--reports: {reports} is not a folder (give the folder `crossrank eval --out` wrote into)")
+    indexes = describe_index_root(index_root) if index_root is not None else None
     from crossrank.model.checkpoint import Checkpoint, CheckpointError
 
     try:
@@ -143,7 +144,23 @@ def serve(
     from crossrank.server.http import serve_http
 
     typer.echo(f"crossrank: the workbench is at http://{host}:{port}/ui (API docs: /openapi.json)", err=True)
+    if indexes is not None:
+        typer.echo(f"crossrank: {indexes}", err=True)
     serve_http(create_app(config), config, host=host, port=port, drain_seconds=drain_seconds)
+
+
+def describe_index_root(root: Path) -> str:
+    """What /search will find under --index-root: a mistyped root otherwise starts a server that answers 404 to
+    every index it was meant to serve."""
+    from crossrank.server.indexes import IndexRegistry
+
+    if not root.exists():
+        return f"--index-root {root} does not exist yet: it is created with the first index a request creates"
+    if not root.is_dir():
+        raise fail(f"--index-root {root} is not a folder")
+    names = IndexRegistry(root).names()
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"{len(names)} index{'es' if len(names) != 1 else ''} under {root}" + (f": {shown}" if names else "")
 
 
 @app.command("rerank-batch")
