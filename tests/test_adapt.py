@@ -170,7 +170,12 @@ def test_a_failed_adaptation_leaves_the_adapted_model_untouched(adapted: adapt.A
     assert [p.name for p in index_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_clear_errors(index_dir: Path, tiny_base: Path, tiny_index_config, tmp_path: Path) -> None:  # noqa: ANN001
+def test_clear_errors(index_dir: Path, tiny_base: Path, tiny_index_config, tmp_path: Path,  # noqa: ANN001
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def teachers_loaded_first(*_: object) -> None:
+        raise AssertionError("teachers were loaded before the index was checked")
+
+    monkeypatch.setattr(adapt, "load_extra_teachers", teachers_loaded_first)  # each error comes before that work
     Index.create(tmp_path / "empty", tiny_index_config).close()
     with pytest.raises(ValueError, match="holds no passages"):
         adapt.adapt_index(tmp_path / "empty", base=str(tiny_base), progress=False)

@@ -93,14 +93,6 @@ def adapt_index(index_path: str | Path, *, base: str | None = None, minutes: flo
                          f"{minutes}")
     base_path = Checkpoint.open(base).path  # a base that cannot be loaded fails before any work
     recipe, weights_from = read_recipe(base_path)
-    device = str(resolve_device("auto"))
-    wanted = [name for name, w in (recipe.get("weights_with_extra") or {}).items()
-              if w > 0 and name not in CORE_SIGNALS]
-    extras, skipped = (load_extra_teachers(wanted, device) if extra_teachers
-                       else ({}, dict.fromkeys(wanted, "extra teachers turned off")))
-    for name, reason in skipped.items():
-        log(f"teacher {name} skipped: {reason}")
-    weights = choose_weights(recipe, [*CORE_SIGNALS, *extras])
     index_path = Path(index_path).resolve()
     with Index.open(index_path) as index:
         if index.count()["passages"] == 0:
@@ -109,6 +101,14 @@ def adapt_index(index_path: str | Path, *, base: str | None = None, minutes: flo
         lists = retrieve_lists(index, draw_queries(index.sample_passages(queries, seed), queries, seed), depth)
     if not lists:
         raise ValueError(f"no pseudo-query from {index_path} retrieved two or more passages: too little text to adapt")
+    device = str(resolve_device("auto"))  # teachers load once the index has given lists to score
+    wanted = [name for name, w in (recipe.get("weights_with_extra") or {}).items()
+              if w > 0 and name not in CORE_SIGNALS]
+    extras, skipped = (load_extra_teachers(wanted, device) if extra_teachers
+                       else ({}, dict.fromkeys(wanted, "extra teachers turned off")))
+    for name, reason in skipped.items():
+        log(f"teacher {name} skipped: {reason}")
+    weights = choose_weights(recipe, [*CORE_SIGNALS, *extras])
     candidates = sum(len(item.documents) for item in lists)
     log(f"{len(lists)} pseudo-queries, {candidates} candidates; teachers {weights} from {weights_from}")
     for name in weights:
