@@ -451,6 +451,31 @@ def test_sentence_score_blends_its_own_logit_with_its_passages():
 # ---- deduplication ----------------------------------------------------------------------------------------------
 
 
+class CountingEncoder(Encoder):
+    def __init__(self, *same: str) -> None:
+        super().__init__(*same)
+        self.texts = 0
+
+    def encode(self, texts):
+        self.texts += len(texts)
+        return super().encode(texts)
+
+
+def test_without_mmr_only_pieces_that_fit_are_embedded_for_the_duplicate_check():
+    """100 passages and room for a few: embedding every piece to learn it does not fit cost more than reranking
+    them (one bi-encoder call per piece once the budget was nearly spent)."""
+    documents = [f"Passage {i} tells of river number {i} and its {i % 7} bridges." for i in range(100)]
+    logits = {text: 100.0 - i for i, text in enumerate(documents)}
+    encoder = CountingEncoder()
+    selector = ContextSelector(Stub(logits), encoder, granularity="passage", min_probability=0)
+    context = selector.select("q", documents, 60)
+    assert 1 <= len(context) < 10 and encoder.texts == len(context)
+    assert [d.reason for d in context.dropped] == ["budget"] * (100 - len(context))
+    with_mmr = CountingEncoder()
+    mmr = selector.with_settings(encoder=with_mmr, mmr_lambda=0.5).select("q", documents, 60)
+    assert with_mmr.texts > len(mmr) >= 1  # MMR ranks among a window of embedded pieces
+
+
 def test_an_exact_and_a_whitespace_or_case_variant_duplicate_are_dropped_naming_the_kept_one(tiny):
     text = "Hamlet was written by William Shakespeare."
     documents = [text, "Glaciers carve valleys.", "  hamlet WAS written\nby  William   Shakespeare. ", text]

@@ -62,7 +62,7 @@ DEFAULT_SENTENCE_WEIGHT = 0.5
 DEFAULT_MMR_LAMBDA = 1.0
 DEFAULT_DUPLICATE_COSINE = 0.95
 MAX_BUDGET_TOKENS = 1_000_000  # beyond any LLM's context window: a bigger number is a unit mistake
-WINDOW_FACTOR = 2  # pieces embedded per round: enough to fill twice the budget left
+WINDOW_FACTOR = 2  # pieces MMR picks among per round: enough to fill twice the budget left
 _SPACE = re.compile(r"\s+")
 
 
@@ -321,22 +321,29 @@ class ContextSelector:
                                           "the budget is spent") for p in queue]
                 break
             queue, costs = queue[len(window):], costs[len(window):]
-            embeddings = self._embed(passages, window)
+            # MMR picks among the window's embeddings; without it a piece is embedded only once it fits, since
+            # most pieces of a long list never do and embedding each to find that out cost more than reranking.
+            embeddings = self._embed(passages, window) if self.mmr_lambda < 1 else None
             while window:
                 pick = self._next(window, embeddings, vectors)
                 piece, vector = window.pop(pick), None if embeddings is None else embeddings[pick]
                 if embeddings is not None:
                     embeddings = np.delete(embeddings, pick, axis=0)
-                duplicate = self._duplicate_of(passages, piece, vector, chosen, vectors)
+                duplicate = self._contained_in(passages, piece, chosen)
+                if duplicate is None:
+                    merged, replaced = self._merged(piece, chosen)
+                    fitted = self._fit(passages, merged, marker,
+                                       remaining + sum(cost_of_chosen[n] for n in replaced))
+                    if fitted is None:
+                        dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "budget",
+                                                     piece.probability, f"{remaining} tokens left"))
+                        continue
+                    if vector is None and self.duplicate_cosine is not None:
+                        vector = self.encoder.encode([self._text(passages[piece.passage], piece.first, piece.last)])[0]
+                    duplicate = self._cosine_twin(passages, piece, vector, chosen, vectors)
                 if duplicate is not None:
                     dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "duplicate",
                                                  piece.probability, f"same as {duplicate}"))
-                    continue
-                merged, replaced = self._merged(piece, chosen)
-                fitted = self._fit(passages, merged, marker, remaining + sum(cost_of_chosen[n] for n in replaced))
-                if fitted is None:
-                    dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "budget",
-                                                 piece.probability, f"{remaining} tokens left"))
                     continue
                 fitted_piece, cost = fitted
                 if fitted_piece.last < merged.last:  # cut to its leading sentences: the rest is left out, say so
@@ -370,14 +377,19 @@ class ContextSelector:
         similarity = (embeddings @ np.stack(chosen).T).max(axis=1)
         return int(np.argmax(self.mmr_lambda * relevance - (1 - self.mmr_lambda) * similarity))
 
-    def _duplicate_of(self, passages: list[_Passage], piece: _Piece, vector: np.ndarray | None,
-                      chosen: list[_Piece], vectors: list[np.ndarray]) -> str | None:
+    def _contained_in(self, passages: list[_Passage], piece: _Piece, chosen: list[_Piece]) -> str | None:
+        """The chosen snippet of another passage that already holds this piece's text (an exact or near copy)."""
         text = _normalised(self._text(passages[piece.passage], piece.first, piece.last))
         inside = re.compile(rf"(?<!\w){re.escape(text)}(?!\w)")  # whole words: "yes." is not inside "my eyes."
         for other in chosen:
             if other.passage != piece.passage and inside.search(
                     _normalised(self._text(passages[other.passage], other.first, other.last))):
                 return passages[other.passage].candidate.id
+        return None
+
+    def _cosine_twin(self, passages: list[_Passage], piece: _Piece, vector: np.ndarray | None,
+                     chosen: list[_Piece], vectors: list[np.ndarray]) -> str | None:
+        """The chosen snippet whose embedding is within `duplicate_cosine` of this piece's (a paraphrase)."""
         if vector is not None and vectors and self.duplicate_cosine is not None:
             similarity = np.stack(vectors) @ vector
             _, merging = self._merged(piece, chosen)
