@@ -339,7 +339,7 @@ class ContextSelector:
                                                      piece.probability, f"{remaining} tokens left"))
                         continue
                     if vector is None and self.duplicate_cosine is not None:
-                        vector = self.encoder.encode([self._text(passages[piece.passage], piece.first, piece.last)])[0]
+                        vector = self._embed(passages, [piece])[0]
                     duplicate = self._cosine_twin(passages, piece, vector, chosen, vectors)
                 if duplicate is not None:
                     dropped.append(self._dropped(passages, piece.passage, piece.first, piece.last, "duplicate",
@@ -364,10 +364,8 @@ class ContextSelector:
                 remaining -= cost
         return chosen, dropped
 
-    def _embed(self, passages: list[_Passage], window: list[_Piece]) -> np.ndarray | None:
-        if not window or (self.duplicate_cosine is None and self.mmr_lambda >= 1):
-            return None
-        return self.encoder.encode([self._text(passages[p.passage], p.first, p.last) for p in window])
+    def _embed(self, passages: list[_Passage], pieces: list[_Piece]) -> np.ndarray:
+        return self.encoder.encode([self._text(passages[p.passage], p.first, p.last) for p in pieces])
 
     def _next(self, window: list[_Piece], embeddings: np.ndarray | None, chosen: list[np.ndarray]) -> int:
         """The next piece to try: the best by utility, or by maximal marginal relevance."""
