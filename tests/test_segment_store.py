@@ -5,6 +5,7 @@ model, and a damaged one is a clear error."""
 from __future__ import annotations
 
 import json
+import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -188,9 +189,23 @@ def test_crossrank_index_without_from_stores_a_new_models_vectors_in_an_existing
     missing = runner.invoke(app, ["index", str(tmp_path / "none"), "--model", str(closed_gated_dir)])
     assert missing.exit_code == 2 and "--from" in missing.stderr and not (tmp_path / "none").exists()
 
-    stored = runner.invoke(app, ["index", str(tmp_path / "a"), "--model", str(closed_gated_dir)])
-    assert stored.exit_code == 0, stored.output
-    assert "window vectors of model stored for 5 passages (" in stored.stdout
+    first = runner.invoke(app, ["index", str(tmp_path / "a"), "--model", str(closed_gated_dir)])
+    assert first.exit_code == 0, first.output
+    assert "window vectors of model stored for 5 passages (" in first.stdout
     with Index.open(tmp_path / "a") as index:
         assert index.count()["documents"] == 4
         assert index.lend_segments(CrossEncoder.from_pretrained(closed_gated_dir))
+
+    # A model trained since (another fingerprint): search says its vectors are missing and how to store them.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(closed_gated_dir, retrained)
+    config = json.loads((retrained / "config.json").read_text())
+    (retrained / "config.json").write_text(json.dumps({**config, "note": "fine-tuned since"}))
+    search = ["search", str(tmp_path / "a"), QUERIES[0], "--retrievers", "bm25", "--model", str(retrained)]
+    slow = runner.invoke(app, search)
+    assert slow.exit_code == 0 and f"crossrank index {tmp_path / 'a'} -m {retrained}`" in slow.stderr, slow.output
+    context = runner.invoke(app, ["context", str(tmp_path / "a"), QUERIES[0], "--budget", "200", "-m", str(retrained)])
+    assert context.exit_code == 0 and "stores passage vectors for another reranker" in context.stderr, context.output
+    assert runner.invoke(app, ["index", str(tmp_path / "a"), "--model", str(retrained)]).exit_code == 0
+    fast = runner.invoke(app, search)
+    assert fast.exit_code == 0 and "note:" not in fast.stderr and fast.stdout == slow.stdout

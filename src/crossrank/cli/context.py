@@ -66,7 +66,7 @@ def context(
     """Select cited evidence for an LLM from an index: retrieve, rerank, keep what clears the relevance floor,
     drop duplicates and pack the token budget. A best passage below --abstain-below is an abstention (exit 0, said
     on stderr)."""
-    from crossrank.cli.index import parse_filters
+    from crossrank.cli.index import parse_filters, unstored_vectors_hint
     from crossrank.store import Index, adapted_model
 
     parsed_filters = parse_filters(filters or [])
@@ -99,6 +99,8 @@ def context(
             from crossrank.model.cross_encoder import CrossEncoder
 
             reranker = CrossEncoder.from_pretrained(model, backend=backend)
+            if (hint := unstored_vectors_hint(index, reranker, directory, model)) is not None:
+                typer.echo(hint, err=True)
             # Duplicates are judged with the index's own bi-encoder when it stores vectors (loaded for dense
             # retrieval anyway), else with the bundled one.
             encoder = index.encoder if index.config.dense else None

@@ -220,6 +220,8 @@ def search(
             from crossrank.model.cross_encoder import CrossEncoder
 
             reranker = CrossEncoder.from_pretrained(model)
+            if (hint := unstored_vectors_hint(index, reranker, directory, model)) is not None:
+                typer.echo(hint, err=True)
         pipeline = search_pipeline(index, names, first_k=first_k, fusion=fusion, reranker=reranker,
                                    rerank_k=rerank_k, k=top_k,
                                    first_stage_weight="model" if first_stage_weight is None else first_stage_weight)
@@ -233,6 +235,17 @@ def search(
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     print_result(result, explain, describe_final_score(pipeline))
+
+
+def unstored_vectors_hint(index: Any, reranker: Any, directory: Path, model: str | None) -> str | None:
+    """An index that stores some reranker's passage vectors but not this one's makes search encode every candidate
+    (a model trained since the index was built): say so, and how to store them, instead of being silently slow."""
+    if (reranker.factorised is None or not index.keeps_segments()
+            or index.segment_store(reranker.fingerprint) is not None):
+        return None
+    return (f"note: {directory} stores passage vectors for another reranker, not {reranker.name}, so each query "
+            f"encodes every candidate it reranks; store them once with `crossrank index {directory}"
+            f"{f' -m {model}' if model else ''}`")
 
 
 def describe_final_score(pipeline: Any) -> str:
