@@ -491,6 +491,19 @@ def test_eval_context_refuses_a_first_stage_that_found_nothing(tiny_model_dir: P
         evaluation.run("toy", "test", {"q0": "a", "q1": "b"}, {"q0": []}, {"q0": {"d0": 1}, "q1": {"d1": 2}})
 
 
+def test_a_first_stage_ordered_by_the_judgments_is_called_out() -> None:
+    from crossrank.evaluate.context import judged_order_note
+
+    def lists(relevant_first: int) -> dict[str, list[Candidate]]:
+        return {f"q{i}": [Candidate(f"{d}", f"{d}", "text") for d in
+                          (["r", "n1", "n2"] if i < relevant_first else ["n1", "r", "n2"])] for i in range(20)}
+
+    relevant = {f"q{i}": {"r"} for i in range(20)}
+    assert "ranks every relevant candidate first on 20 of 20 queries" in judged_order_note(lists(20), relevant)[0]
+    assert judged_order_note(lists(18), relevant) == []  # 90 %: a strong first stage, not an oracle
+    assert judged_order_note({q: c for q, c in list(lists(20).items())[:5]}, relevant) == []  # too few to tell
+
+
 def test_cli_eval_context_reports_every_budget_within_budget(beir_dir: Path, tiny_model_dir: Path,
                                                               minilm_dir: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "context.json", tmp_path / "context.html"
@@ -502,6 +515,7 @@ def test_cli_eval_context_reports_every_budget_within_budget(beir_dir: Path, tin
     assert "context vs first-stage" in result.stdout and "abstention:" in result.stdout
     data = json.loads(out.read_text())
     assert data["first_stage"] == "run first" and [b["budget"] for b in data["budgets"]] == [24, 96]
+    assert data["notes"] == []  # the toy run is shuffled, not ordered by the judgments
     for budget in data["budgets"]:
         for system, by_measure in budget["per_query"].items():
             assert len(by_measure["recall"]) == data["queries"] == 6, system

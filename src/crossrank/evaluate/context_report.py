@@ -39,7 +39,7 @@ def summary_lines(result: ContextEvalResult) -> list[str]:
     if result.ms_per_query:
         lines.append("median ms per selection at the largest budget: " +
                      ", ".join(f"{name} {ms:.0f}" for name, ms in result.ms_per_query.items()))
-    return lines
+    return lines + [f"note: {note}" for note in result.notes]
 
 
 def markdown_summary(result: ContextEvalResult) -> str:
