@@ -125,3 +125,37 @@ def test_search_without_index_root_is_404(encoder):
     with TestClient(create_app(ServerConfig(), EncoderScorer(encoder))) as c:
         response = c.post("/search", json={"index": "cities", "query": "q"})
         assert response.status_code == 404 and "--index-root" in response.json()["message"]
+
+
+def test_an_index_without_the_served_models_vectors_is_named_once_in_the_log(closed_gated_dir, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    from crossrank.store import Index, IndexConfig
+
+    other = tmp_path / "other-model"  # a model trained since the index was built: another fingerprint
+    shutil.copytree(closed_gated_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "note": "fine-tuned since"}))
+    with Index.create(tmp_path / "indexes" / "cities", IndexConfig(dense=False)) as index:
+        index.add(DOCS)
+        index.commit()
+        index.store_segments(CrossEncoder.from_pretrained(other))
+    served = CrossEncoder.from_pretrained(closed_gated_dir)
+    search = {"index": "cities", "query": "capital city", "rerank_k": 3}
+
+    def warnings_after(searches: int) -> list[logging.LogRecord]:
+        caplog.clear()
+        with TestClient(create_app(ServerConfig(index_root=tmp_path / "indexes"), EncoderScorer(served))) as client, \
+                caplog.at_level(logging.WARNING, logger="crossrank.server"):
+            for _ in range(searches):
+                response = client.post("/search", json=search)
+                assert response.status_code == 200, response.text
+        return [r for r in caplog.records if "passage vectors for another reranker" in r.getMessage()]
+
+    warned = warnings_after(2)
+    assert len(warned) == 1 and warned[0].index == "cities"
+    with Index.open(tmp_path / "indexes" / "cities", writable=True) as index:
+        index.store_segments(served)
+    assert warnings_after(1) == []

@@ -257,10 +257,26 @@ def pipeline_for(request: Request, index: Index, spec: PipelineSpec, *, k: int) 
     if spec.ltr and ltr_model is None:
         raise HTTPException(409, "this server has no LambdaMART model (start it with --ltr MODEL)")
     model = BatchedModel.serving(request) if spec.rerank_k else None
+    if model is not None:
+        warn_once_without_vectors(request, index, model)
     return search_pipeline(
         index, names, first_k=spec.first_k, fusion=spec.fusion, reranker=model, rerank_k=spec.rerank_k, k=k,
         first_stage_weight="model" if spec.first_stage_weight is None else spec.first_stage_weight,
         learned=LTR(ltr_model) if spec.ltr else None)
+
+
+def warn_once_without_vectors(request: Request, index: Index, model: BatchedModel) -> None:
+    """Log, once per index, that it stores passage vectors for another reranker but not the served one (a model
+    trained since the index was built): its searches encode every candidate, tens of times slower, and nothing else
+    would say why. `crossrank index DIR -m MODEL` stores them."""
+    reranker, warned = model.encoder, request.app.state.indexes_without_vectors
+    if (index.path.name in warned or getattr(reranker, "factorised", None) is None or not index.keeps_segments()
+            or index.segment_store(reranker.fingerprint) is not None):
+        return
+    warned.add(index.path.name)
+    log.warning("index stores passage vectors for another reranker, not the served one: its searches encode every "
+                "candidate (store them with `crossrank index DIR -m MODEL`)",
+                extra={"index": index.path.name, "model": reranker.name})
 
 
 def index_router() -> APIRouter:
