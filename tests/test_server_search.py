@@ -143,19 +143,21 @@ def test_an_index_without_the_served_models_vectors_is_named_once_in_the_log(clo
         index.commit()
         index.store_segments(CrossEncoder.from_pretrained(other))
     served = CrossEncoder.from_pretrained(closed_gated_dir)
-    search = {"index": "cities", "query": "capital city", "rerank_k": 3}
+    search = ("/search", {"index": "cities", "query": "capital city", "rerank_k": 3})
+    context = ("/v1/context", {"index": "cities", "query": "capital city", "budget_tokens": 100})
 
-    def warnings_after(searches: int) -> list[logging.LogRecord]:
+    def warnings_after(*requests: tuple[str, dict]) -> list[logging.LogRecord]:
         caplog.clear()
         with TestClient(create_app(ServerConfig(index_root=tmp_path / "indexes"), EncoderScorer(served))) as client, \
                 caplog.at_level(logging.WARNING, logger="crossrank.server"):
-            for _ in range(searches):
-                response = client.post("/search", json=search)
+            for route, body in requests:
+                response = client.post(route, json=body)
                 assert response.status_code == 200, response.text
         return [r for r in caplog.records if "passage vectors for another reranker" in r.getMessage()]
 
-    warned = warnings_after(2)
+    warned = warnings_after(search, search, context)
     assert len(warned) == 1 and warned[0].index == "cities"
+    assert len(warnings_after(context)) == 1  # context selection reads the same vectors
     with Index.open(tmp_path / "indexes" / "cities", writable=True) as index:
         index.store_segments(served)
-    assert warnings_after(1) == []
+    assert warnings_after(search, context) == []

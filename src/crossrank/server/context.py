@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from crossrank.context import ContextSelector, TokenCounter, TokenizerTokens
 from crossrank.server.auth import require_api_key
 from crossrank.server.config import ServerConfig
-from crossrank.server.indexes import BatchedModel, blocking, registry
+from crossrank.server.indexes import BatchedModel, blocking, registry, warn_once_without_vectors
 from crossrank.server.schemas import ContextRequest, ContextResponse
 from crossrank.store import Index
 
@@ -89,6 +89,7 @@ def context_router() -> APIRouter:
             if (await asyncio.to_thread(index.count))["passages"] == 0:
                 raise HTTPException(409, f"index {body.index!r} holds no documents: add some with POST "
                                          f"/indexes/{body.index}/documents")
+            warn_once_without_vectors(request, index, model)
             selected = await blocking(select, index, model, app.state.context_encoder, counter, body)
         return ContextResponse(index=body.index, model=model.name, style=body.style,
                                rendered=selected.render(body.style), **selected.to_dict())
