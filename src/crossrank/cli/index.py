@@ -240,8 +240,7 @@ def search(
 def unstored_vectors_hint(index: Any, reranker: Any, directory: Path, model: str | None) -> str | None:
     """An index that stores some reranker's passage vectors but not this one's makes search encode every candidate
     (a model trained since the index was built): say so, and how to store them, instead of being silently slow."""
-    if (reranker.factorised is None or not index.keeps_segments()
-            or index.segment_store(reranker.fingerprint) is not None):
+    if not index.lacks_segments(reranker):
         return None
     return (f"note: {directory} stores passage vectors for another reranker, not {reranker.name}, so each query "
             f"encodes every candidate it reranks; store them once with `crossrank index {directory}"

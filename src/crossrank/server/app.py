@@ -135,7 +135,7 @@ def create_app(config: ServerConfig, scorer: BatchScorer | None = None) -> FastA
     app.state.context_tokenizers = load_context_tokenizers(config)
     app.state.context_encoder = DefaultEncoder()
     app.state.ltr = load_ltr(config)
-    app.state.indexes_without_vectors = set()  # named once in the log (indexes.warn_once_without_vectors)
+    app.state.indexes_checked_for_vectors = set()  # indexes.warn_once_without_vectors looks at each once
     # A scorer without a cache (a test double, Ray's remote one) exports nothing.
     metrics.watch_caches(lambda: getattr(app.state.scorer, "cache_stats", dict)())
     install_error_handlers(app)

@@ -268,15 +268,15 @@ def pipeline_for(request: Request, index: Index, spec: PipelineSpec, *, k: int) 
 def warn_once_without_vectors(request: Request, index: Index, model: BatchedModel) -> None:
     """Log, once per index, that it stores passage vectors for another reranker but not the served one (a model
     trained since the index was built): its searches encode every candidate, tens of times slower, and nothing else
-    would say why. `crossrank index DIR -m MODEL` stores them."""
-    reranker, warned = model.encoder, request.app.state.indexes_without_vectors
-    if (index.path.name in warned or getattr(reranker, "factorised", None) is None or not index.keeps_segments()
-            or index.segment_store(reranker.fingerprint) is not None):
+    would say why. `crossrank index DIR -m MODEL` stores them. Each index is looked at once, not on every request."""
+    checked = request.app.state.indexes_checked_for_vectors
+    if index.path.name in checked:
         return
-    warned.add(index.path.name)
-    log.warning("index stores passage vectors for another reranker, not the served one: its searches encode every "
-                "candidate (store them with `crossrank index DIR -m MODEL`)",
-                extra={"index": index.path.name, "model": reranker.name})
+    checked.add(index.path.name)
+    if index.lacks_segments(model):
+        log.warning("index stores passage vectors for another reranker, not the served one: its searches encode "
+                    "every candidate (store them with `crossrank index DIR -m MODEL`)",
+                    extra={"index": index.path.name, "model": model.name})
 
 
 def index_router() -> APIRouter:

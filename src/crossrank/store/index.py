@@ -82,6 +82,12 @@ def adapted_model(path: str | os.PathLike[str]) -> Path | None:
     return model if (model / "config.json").is_file() else None
 
 
+def _factorised(model: Any) -> Any:
+    """The factorised cross-encoder behind `model` (itself, or the one a scorer names as its `encoder`), else None."""
+    model = getattr(model, "encoder", None) or model
+    return model if getattr(model, "factorised", None) is not None else None
+
+
 class IndexLockedError(RuntimeError):
     """Another process holds the index's writer lock."""
 
@@ -595,12 +601,18 @@ class Index:
         """Have `model` read this index's stored vectors of its passages when it reranks them: True if it now does
         (a factorised `CrossEncoder` that `store_segments` ran for, or a scorer whose pairs reach one, named by its
         `encoder`). Any other scorer is left as it is."""
-        model = getattr(model, "encoder", None) or model
-        if getattr(model, "factorised", None) is None or not hasattr(model, "use_segment_store"):
+        model = _factorised(model)
+        if model is None or not hasattr(model, "use_segment_store"):
             return False
         store = self.segment_store(model.fingerprint)
         model.use_segment_store(str(self.path.resolve()), store)
         return store is not None
+
+    def lacks_segments(self, model: Any) -> bool:
+        """True when the index stores some reranker's passage vectors but not `model`'s (as `lend_segments` reads
+        it; e.g. a model trained since the index was built): searches reranking with it encode every candidate."""
+        model = _factorised(model)
+        return model is not None and self.keeps_segments() and not self._segment_folders(model.fingerprint)
 
     def store_segments(self, model: Any, *, show_progress: bool = False) -> SegmentsSummary:
         """Store `model`'s vector of every live passage's document windows (a factorised `CrossEncoder`), so a
