@@ -78,6 +78,27 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def test_replaying_a_change_after_a_crash_inside_its_commit_succeeds(tmp_path: Path):
+    """kill -9 inside tantivy's commit leaves the new delete file on disk but not in meta.json; replaying the same
+    change reaches the same operation stamp and used to fail on that leftover (FileAlreadyExists)."""
+    path = tmp_path / "bm25"
+    index = BM25Index(path)
+    index.apply([(row, "", f"passage {row} about rivers") for row in range(10)], [], generation=1)
+    committed = {name: (path / name).read_bytes() for name in ("meta.json", "generation.json")}
+    index.apply([(20, "", "a glacier passage")], [3], generation=2)
+    del index
+    for name, content in committed.items():  # the crash: files written, the commit never recorded
+        (path / name).write_bytes(content)
+    assert any(file.suffix == ".del" for file in path.iterdir())
+
+    replayed = BM25Index(path)
+    assert replayed.generation == 1 and len(replayed) == 10
+    replayed.apply([(20, "", "a glacier passage")], [3], generation=2)
+    assert replayed.generation == 2 and len(replayed) == 10
+    assert [row for row, _ in replayed.search("glacier", 5)] == [20]
+    assert 3 not in {row for row, _ in replayed.search("rivers", 20)}
+
+
 def test_dense_exact_search_add_remove_and_filter():
     rng = np.random.default_rng(0)
     vectors = unit(rng.normal(size=(200, 16)))

@@ -64,7 +64,7 @@ class BM25Index:
         Removing a row that is absent is harmless and re-adding is preceded by removal, so replaying the same
         change after a crash converges to the same index.
         """
-        writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+        writer = self._writer()
         for row in [*removed, *(r for r, _, _ in added)]:
             writer.delete_documents_by_term("row", row)
         for row, title, body in added:
@@ -75,11 +75,19 @@ class BM25Index:
         self.index.reload()
 
     def clear(self) -> None:
-        writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+        writer = self._writer()
         writer.delete_all_documents()
         writer.commit()
         writer.wait_merging_threads()
         self.index.reload()
+
+    def _writer(self) -> tantivy.IndexWriter:
+        """A writer that first removes files no commit refers to. A process killed inside `commit` leaves the
+        delete file it was writing (named by segment and operation stamp); replaying the same change after the
+        crash reaches the same stamp, and tantivy refuses to overwrite the leftover."""
+        writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+        writer.garbage_collect_files()
+        return writer
 
     def terms(self, text: str) -> list[str]:
         return [token for token in self.analyzer.analyze(text)]
