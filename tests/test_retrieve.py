@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,17 @@ def test_replaying_a_change_after_a_crash_inside_its_commit_succeeds(tmp_path: P
     assert replayed.generation == 2 and len(replayed) == 10
     assert [row for row, _ in replayed.search("glacier", 5)] == [20]
     assert 3 not in {row for row, _ in replayed.search("rivers", 20)}
+
+
+def test_a_handle_sees_another_handles_commit_only_when_reloaded(tmp_path: Path):
+    """No background reload: a polling reload takes tantivy's meta lock and recreates its lock file, which refilled
+    a folder being deleted right after an index in it was opened (the evaluation's leftover cleanup)."""
+    writer, reader = BM25Index(tmp_path / "bm25"), BM25Index(tmp_path / "bm25")
+    writer.apply([(1, "", "alpha beta")], [], generation=1)
+    time.sleep(1.2)  # tantivy's watcher polls meta.json every 0.5 s
+    assert len(reader) == 0
+    reader.reload()
+    assert len(reader) == 1 and reader.search("alpha", 5)[0][0] == 1
 
 
 def test_dense_exact_search_add_remove_and_filter():

@@ -51,6 +51,10 @@ class BM25Index:
         builder.add_text_field("body", tokenizer_name=self.analyzer_name, index_option="freq")
         self.schema = builder.build()
         self.index = tantivy.Index(self.schema, path=str(path), reuse=True)
+        # Reload only when told (`apply`, `reload`; the store compares generations across processes). tantivy's
+        # default reader reloads from a polling thread whose first poll takes the meta lock, recreating its lock
+        # file: an index opened just before its folder is deleted could refill the folder mid-delete.
+        self.index.config_reader(reload_policy="Manual")
         self.index.register_tokenizer(self.analyzer_name, self.analyzer)
 
     @property
