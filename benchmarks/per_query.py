@@ -49,6 +49,7 @@ RESULTS = HERE / "results" / "per_query.json"
 # take an hour per contender set; an evenly spread slice shows the long-document cost.
 DATASETS = {"trec-dl-2020": None, "scifact": 20}
 REFERENCE = "sentence-transformers"
+QUALITY_REFERENCE = "crossrank-torch-fp32"  # for a gated model: the joint pass, as it was trained
 
 
 def contenders(model_dir: Path, scratch: Path, peers_python: str, threads: int | None,
@@ -68,10 +69,12 @@ def contenders(model_dir: Path, scratch: Path, peers_python: str, threads: int |
                                              "name": "crossrank-int8", "file": onnx_int8.name},
                   peers_python, precision="int8"),
         # The quality reference: the joint pass, as the model was trained.
-        Contender("crossrank-torch-fp32", crossrank | {"backend": "torch", "factorise": False}, sys.executable),
+        Contender(QUALITY_REFERENCE, crossrank | {"backend": "torch", "factorise": False}, sys.executable),
         Contender("crossrank-onnx-fp32", crossrank | {"backend": "onnx"}, sys.executable),
         Contender("crossrank-onnx-int8", crossrank | {"backend": "onnx", "quantize": "int8"}, sys.executable,
                   precision="int8"),
+        Contender("crossrank-torch-bf16", crossrank | {"backend": "torch", "quantize": "bf16"}, sys.executable,
+                  precision="bf16"),
     ]
     if gates_closed(checkpoint):  # the engine factorises this model; show the joint graph it replaces beside it
         found += [Contender(f"crossrank-onnx-{precision}-joint", crossrank | {"backend": "onnx", "factorise": False}
@@ -118,7 +121,7 @@ def summarise(found: list[Contender], queries: list[dict], qrels: dict, gated: b
         row["speedup_vs_st"] = round(reference["p50_ms"] / row["p50_ms"], 2)
         paired = np.asarray(by_name[REFERENCE].seconds) / np.asarray(by_name[name].seconds)
         row["speedup_vs_st_paired_median"] = round(float(np.median(paired)), 2)
-    quality_reference = "crossrank-torch-fp32" if gated else REFERENCE
+    quality_reference = QUALITY_REFERENCE if gated else REFERENCE
     for row in rows.values():
         if row["ndcg@10"] is not None:
             row["ndcg@10_vs_reference"] = round(row["ndcg@10"] - rows[quality_reference]["ndcg@10"], 4)
@@ -174,6 +177,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated names to run (default: all); the latency and quality references "
+                             "always run")
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats must be at least 3 (medians of fewer are not medians)")
@@ -202,6 +208,9 @@ def main() -> None:
             (scratch / "pairs.json").write_text(json.dumps(queries))
             found = contenders(model_dir, scratch, peers_python, args.threads,
                                [int(length) for length in args.lengths.split(",") if length])
+            if args.contenders:
+                wanted = {name.strip() for name in args.contenders.split(",")} | {REFERENCE, QUALITY_REFERENCE}
+                found = [contender for contender in found if contender.name in wanted]
             print(f"{dataset}: {len(queries)} queries, {len(found)} contenders", file=sys.stderr, flush=True)
             measure(found, len(queries), args.repeats)
             results[dataset] = summarise(found, queries, qrels, gated)

@@ -144,14 +144,10 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
         # (503 + Retry-After) where the peers, which have no timeout, just keep them waiting. No score or segment
         # cache: the load cycles a finite pool of requests, and answering its repeats from memory would time the
         # cache.
-        "crossrank": Contender("crossrank", [python, "-c", "from crossrank.cli import main; main()", "serve",
-                                             "--model", str(model), "--log-level", "warning", "--timeout", "900",
-                                             "--score-cache", "0", "--segment-cache", "0"], "/v1/rerank", {}),
-        "crossrank-int8": Contender("crossrank-int8", [python, "-c", "from crossrank.cli import main; main()",
-                                                       "serve", "--model", str(model), "--log-level", "warning",
-                                                       "--timeout", "900", "--int8", "--score-cache", "0",
-                                                       "--segment-cache", "0"],
-                                "/v1/rerank", {}),
+        **{name: Contender(name, [python, "-c", "from crossrank.cli import main; main()", "serve", "--model",
+                                   str(model), "--log-level", "warning", "--timeout", "900", "--score-cache", "0",
+                                   "--segment-cache", "0", *flags], "/v1/rerank", {})
+           for name, flags in (("crossrank", []), ("crossrank-int8", ["--int8"]), ("crossrank-bf16", ["--bf16"]))},
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
                                            str(peer_model), "--engine", "torch", "--device", "cpu", "--dtype",
                                            "float32", "--host",
@@ -237,7 +233,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time box per run (in-flight requests finish)")
     parser.add_argument("--max-inflight-pairs", type=int, default=1000,
                         help="skip cells with clients x docs above this (2 shared cores cannot drain more in time)")
-    parser.add_argument("--contenders", nargs="+", default=["crossrank", "crossrank-int8", "infinity", "st-fastapi"])
+    parser.add_argument("--contenders", nargs="+",
+                        default=["crossrank", "crossrank-int8", "crossrank-bf16", "infinity", "st-fastapi"])
     parser.add_argument("--summarize", action="store_true", help="reprint the table from the last results JSON")
     parser.add_argument("--serve-plain", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -55,6 +55,20 @@ def test_rerank_bad_input_exits_with_a_message(tiny_model_dir, tmp_path):
     assert broken.exit_code == 2 and "line 2" in broken.output
 
 
+def test_bf16_runs_the_torch_backend_and_excludes_int8(tiny_model_dir):
+    from crossrank.model.cross_encoder import CrossEncoder
+
+    documents = ["sourdough bread", "stock prices", "whole wheat bread rolls"]
+    result = runner.invoke(app, ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--bf16", "--format", "jsonl",
+                                 "-"], input="\n".join(documents) + "\n")
+    assert result.exit_code == 0, result.output
+    expected = CrossEncoder.from_pretrained(tiny_model_dir, backend="torch", quantize="bf16").rank("bread", documents)
+    assert [json.loads(line)["score"] for line in result.stdout.splitlines()] == [r.score for r in expected]
+    both = runner.invoke(app, ["rerank", "-m", str(tiny_model_dir), "-q", "bread", "--bf16", "--int8", "-"],
+                         input="bread\n")
+    assert both.exit_code == 2 and "--int8 and --bf16 exclude each other" in both.output
+
+
 def test_export_prints_cached_onnx_paths(tiny_model_dir):
     result = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--int8"])
     assert result.exit_code == 0, result.output

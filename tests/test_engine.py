@@ -94,6 +94,20 @@ def test_int8_keeps_the_ranking_of_fp32(minilm_cross_encoder_dir):
     assert kendalltau(fp32, int8).statistic > 0.8
 
 
+@pytest.mark.slow
+def test_bf16_keeps_the_ranking_of_fp32(minilm_cross_encoder_dir):
+    """bf16 autocast rounds the matrix products' inputs only: far closer to fp32 than int8 (τ 0.997 vs 0.943 on
+    DL20 lists, README "Reranking speed")."""
+    from scipy.stats import kendalltau
+
+    documents = DOCUMENTS * 3 + [f"{i} immune cells and vaccines, part {i}" for i in range(8)]
+    pairs = [(QUERY, document) for document in documents]
+    fp32 = CrossEncoder.from_pretrained(minilm_cross_encoder_dir, backend="torch")
+    bf16 = CrossEncoder.from_pretrained(minilm_cross_encoder_dir, backend="torch", quantize="bf16")
+    assert kendalltau(fp32.predict(pairs), bf16.predict(pairs)).statistic > 0.9
+    np.testing.assert_allclose(bf16.predict(pairs), fp32.predict(pairs), atol=0.1)
+
+
 def test_bi_encoder_matches_sentence_transformers(minilm_dir):
     from sentence_transformers import SentenceTransformer
 
@@ -388,6 +402,10 @@ def test_invalid_options_are_refused(tiny_model_dir):
         CrossEncoder.from_pretrained(tiny_model_dir, backend="tensorrt")
     with pytest.raises(ValueError, match="int8"):
         CrossEncoder.from_pretrained(tiny_model_dir, backend="torch", quantize="int8")
+    with pytest.raises(ValueError, match="'bf16' needs backend='torch'"):
+        CrossEncoder.from_pretrained(tiny_model_dir, backend="onnx", quantize="bf16")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        CrossEncoder.from_pretrained(tiny_model_dir, backend="torch", quantize="fp8")
     with pytest.raises(ValueError, match="max_length"):
         CrossEncoder.from_pretrained(tiny_model_dir, max_length=4096)
     with pytest.raises(ValueError, match="aggregate"):

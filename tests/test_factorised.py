@@ -90,6 +90,17 @@ def test_int8_factorised_stays_close_to_fp32(closed_dir: Path) -> None:
     np.testing.assert_allclose(int8.predict(PAIRS), reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
 
 
+def test_bf16_factorised_stays_close_to_fp32_and_keeps_its_own_vectors(closed_dir: Path) -> None:
+    fp32 = CrossEncoder.from_pretrained(closed_dir, backend="torch")
+    bf16 = CrossEncoder.from_pretrained(closed_dir, backend="torch", quantize="bf16")
+    reference = fp32.predict(PAIRS)
+    assert bf16.factorised is not None and bf16.backend.bf16
+    scores = bf16.predict(PAIRS)
+    assert scores.dtype == np.float32 and not np.array_equal(scores, reference)  # bf16 did run
+    np.testing.assert_allclose(scores, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))
+    assert bf16.fingerprint.endswith("-torch-bf16") and bf16.fingerprint != fp32.fingerprint  # stores not shared
+
+
 def test_each_distinct_segment_is_encoded_once(closed_dir: Path) -> None:
     model = CrossEncoder.from_pretrained(closed_dir, backend="torch")
     seen: list[int] = []

@@ -21,7 +21,8 @@ from scipy import stats
 
 from crossrank.model.cross_encoder import CrossEncoder
 
-VARIANTS = {"torch": ("torch", None), "onnx": ("onnx", None), "onnx-int8": ("onnx", "int8")}
+VARIANTS = {"torch": ("torch", None), "onnx": ("onnx", None), "onnx-int8": ("onnx", "int8"),
+            "torch-bf16": ("torch", "bf16")}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 line, and how text is cut for the terminal.
 
 - `-m/--model DIR`: a cross-encoder checkpoint; default the bundled model.
-- `--backend onnx|torch`, `--int8`, `--threads N`: how it runs.
+- `--backend onnx|torch`, `--int8`, `--bf16`, `--threads N`: how it runs.
 - `-k/--top-k N`: how many results to keep or show.
 - `--format`: what is printed on stdout (a table or text for people, JSON lines for programs).
 - `-o/--out PATH`: the file or folder a command writes; `--json PATH`: also write the results table as JSON.
@@ -24,9 +24,20 @@ ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", help="Cross-encoder checkpoint directory (default: the bundled model).")]
 BackendOption = Annotated[Backend, typer.Option(help="Inference backend.")]
 Int8Option = Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")]
+Bf16Option = Annotated[bool, typer.Option("--bf16", help="Score with the torch backend in bfloat16 autocast (fast "
+                                                    "on CPUs with AMX).")]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Inference threads (default: the runtime's).")]
 SeedOption = Annotated[int, typer.Option(help="Random seed for every random choice the command makes.")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+
+def engine_precision(backend: Backend, int8: bool, bf16: bool) -> tuple[Backend, str | None]:
+    """(backend, quantize) for `--backend`, `--int8`, `--bf16`: int8 is an ONNX graph, bf16 runs torch."""
+    if int8 and bf16:
+        raise fail("--int8 and --bf16 exclude each other")
+    if bf16 and backend == "onnx":
+        return "torch", "bf16"
+    return backend, "int8" if int8 else "bf16" if bf16 else None
 
 
 def top_k_option(help: str) -> typer.models.OptionInfo:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.common import BackendOption, Int8Option, ModelOption, fail
+from crossrank.cli.common import BackendOption, Bf16Option, Int8Option, ModelOption, engine_precision, fail
 
 
 def _csv(value: str) -> list[str]:
@@ -60,6 +60,7 @@ def evaluate(
     curve: Annotated[bool, typer.Option(help="Compute the depth curve.")] = True,
     backend: BackendOption = "onnx",
     int8: Int8Option = False,
+    bf16: Bf16Option = False,
 ) -> None:
     """Evaluate pipelines on a judged split: metrics, paired significance, depth curve, failures, report."""
     from crossrank.datasets import parse_dataset_spec
@@ -72,8 +73,9 @@ def evaluate(
         config = ExperimentConfig(measures=tuple(_csv(measures)), depth=depth, depths=_ints(depths, "--depths"),
                                   baseline=baseline, permutations=permutations, timing_queries=timing_queries,
                                   rel=rel, curve=curve)
+        backend, quantize = engine_precision(backend, int8, bf16)
         result = run_evaluation(dataset, config, run=run, pipelines=pipelines, models=model or [],
-                                backend=backend, quantize="int8" if int8 else None, max_queries=max_queries,
+                                backend=backend, quantize=quantize, max_queries=max_queries,
                                 say=lambda text: typer.echo(text, err=True))
     except (FileNotFoundError, ValueError, TypeError, EvaluationError) as exc:
         raise fail(str(exc)) from exc

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.common import Int8Option, JsonOption, SeedOption, fail
+from crossrank.cli.common import Bf16Option, Int8Option, JsonOption, SeedOption, engine_precision, fail
 
 ltr_app = typer.Typer(help="LambdaMART over pipeline features: log features, train, evaluate.", no_args_is_help=True)
 clicks_app = typer.Typer(help="Click logs: simulate them from judgments, learn from them (naive or IPS).",
@@ -77,6 +77,7 @@ def features(
     ce_depth: Annotated[int | None, typer.Option(help="Cross-encoder depth (default: --depth).")] = None,
     dense: Annotated[bool, typer.Option(help="Bi-encoder cosine and RRF fusion features.")] = True,
     int8: Int8Option = False,
+    bf16: Bf16Option = False,
     query_batch: Annotated[int, typer.Option(help="Queries per pipeline call (a corpus document shared by "
                                                    "several queries of a call is embedded once).")] = 16,
 ) -> None:
@@ -92,8 +93,9 @@ def features(
     try:
         data = parse_dataset_spec(dataset)
         first = first_stage_run(data, run, depth)
+        backend, quantize = engine_precision("onnx", int8, bf16)
         ce = None if model in (None, "none") else CrossEncoder.from_pretrained(
-            None if model == "default" else model, quantize="int8" if int8 else None)
+            None if model == "default" else model, backend=backend, quantize=quantize)
         bi = None
         if dense:
             from crossrank.evaluate.systems import CosineScorer

@@ -10,7 +10,16 @@ from typing import Annotated, Any, Literal
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.common import BackendOption, Int8Option, ModelOption, fail, snippet, top_k_option
+from crossrank.cli.common import (
+    BackendOption,
+    Bf16Option,
+    Int8Option,
+    ModelOption,
+    engine_precision,
+    fail,
+    snippet,
+    top_k_option,
+)
 
 
 def read_documents(source: str) -> list[Any]:
@@ -47,6 +56,7 @@ def rerank(
     top_k: Annotated[int | None, top_k_option("Keep the best K (default: all).")] = None,
     backend: BackendOption = "onnx",
     int8: Int8Option = False,
+    bf16: Bf16Option = False,
     output_format: Annotated[Literal["table", "jsonl"], typer.Option(
         "--format", help="table: for people; jsonl: one JSON object per result, best first.")] = "table",
 ) -> None:
@@ -56,7 +66,8 @@ def rerank(
 
     documents = read_documents(source)
     try:
-        encoder = CrossEncoder.from_pretrained(model, backend=backend, quantize="int8" if int8 else None)
+        backend, quantize = engine_precision(backend, int8, bf16)
+        encoder = CrossEncoder.from_pretrained(model, backend=backend, quantize=quantize)
         results = encoder.rank(query, documents, top_k=top_k)
     except (ValueError, TypeError) as exc:
         raise fail(str(exc)) from exc

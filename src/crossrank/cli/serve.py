@@ -10,7 +10,15 @@ from typing import Annotated, Literal
 import typer
 
 from crossrank.cli.app import app
-from crossrank.cli.common import Backend, BackendOption, ModelOption, ThreadsOption, fail, top_k_option
+from crossrank.cli.common import (
+    Backend,
+    BackendOption,
+    ModelOption,
+    ThreadsOption,
+    engine_precision,
+    fail,
+    top_k_option,
+)
 
 
 def _opt(help: str, env: str, *names: str) -> typer.models.OptionInfo:
@@ -25,6 +33,8 @@ def serve(
     port: Annotated[int, _opt("Port.", "PORT", "--port")] = 8080,
     backend: Annotated[Backend, _opt("Inference backend.", "BACKEND", "--backend")] = "onnx",
     int8: Annotated[bool, _opt("Score with the dynamic int8 ONNX graph.", "INT8", "--int8")] = False,
+    bf16: Annotated[bool, _opt("Score with the torch backend in bfloat16 autocast (fast on CPUs with AMX).", "BF16",
+                               "--bf16")] = False,
     threads: Annotated[int | None, _opt("Inference threads per worker.", "THREADS", "--threads")] = None,
     batch_tokens: Annotated[int, _opt("Estimated tokens per merged batch.", "BATCH_TOKENS", "--batch-tokens")] = 32768,
     engine_batch_tokens: Annotated[int, _opt("Tokens per forward pass inside the engine.", "ENGINE_BATCH_TOKENS",
@@ -91,9 +101,10 @@ def serve(
         tokenizers = parse_context_tokenizers(context_tokenizers or [])
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    backend, quantize = engine_precision(backend, int8, bf16)
     try:
         config = ServerConfig(
-            model=model, backend=backend, quantize="int8" if int8 else None, threads=threads,
+            model=model, backend=backend, quantize=quantize, threads=threads,
             batch_tokens=batch_tokens, engine_batch_tokens=engine_batch_tokens, score_cache_entries=score_cache,
             segment_cache_entries=segment_cache,
             max_wait_ms=max_wait_ms,

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crossrank.datasets import BeirDataset, Qrels, Run, ranked
+from crossrank.model.backends.torch_backend import cpu_has_native_bf16
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
@@ -124,15 +125,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _cpu_has_native_bf16() -> bool:
-    """bf16 autocast pays on CPUs with AMX/AVX512-BF16; elsewhere it is emulated and many times slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def load_student(base: str, architecture: str = "auto") -> tuple[Checkpoint, torch.nn.Module]:
@@ -254,7 +246,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr, "base_lr": config.lr},
                                             {"params": head, "lr": config.head_lr, "base_lr": config.head_lr}],
                                            weight_decay=config.weight_decay)
-        self.autocast = config.bf16 and (self.device.type == "cuda" or _cpu_has_native_bf16())
+        self.autocast = config.bf16 and (self.device.type == "cuda" or cpu_has_native_bf16())
         self.step, self.pairs_seen, self.history = 0, 0, []
         self.best_metric: float | None = None
         self.best_step = 0

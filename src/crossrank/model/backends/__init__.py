@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 BackendName = Literal["torch", "onnx"]
 BACKENDS = ("torch", "onnx")
+# Reduced precision, by backend: dynamic int8 is an ONNX graph, bf16 torch's autocast.
+Precision = Literal["int8", "bf16"] | None
+PRECISIONS = (None, "int8", "bf16")
 
 
 class Backend(Protocol):
@@ -21,19 +24,23 @@ class Backend(Protocol):
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quantize: str | None,
+def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quantize: Precision,
                  threads: int | None, device: str = "cpu") -> Backend:
     """Build the named backend for a checkpoint; shared by the cross-encoder and the bi-encoder. A `device` other
     than the CPU needs the torch backend (ONNX Runtime here is the CPU build)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if quantize not in PRECISIONS:
+        raise ValueError(f"quantize must be one of {PRECISIONS}, got {quantize!r}")
     if backend == "torch":
-        if quantize is not None:
+        if quantize == "int8":
             raise ValueError("quantize='int8' needs backend='onnx'")
         from crossrank.model.backends.torch_backend import TorchBackend
         from crossrank.model.graphs import build_graph
 
-        return TorchBackend(build_graph(checkpoint, head), threads, device)
+        return TorchBackend(build_graph(checkpoint, head), threads, device, bf16=quantize == "bf16")
+    if quantize == "bf16":
+        raise ValueError("quantize='bf16' needs backend='torch'")
     if device != "cpu":
         raise ValueError(f"device={device!r} needs backend='torch'")
     from crossrank.model.backends.onnx_backend import OnnxBackend
