@@ -101,6 +101,19 @@ def test_bf16_factorised_stays_close_to_fp32_and_keeps_its_own_vectors(closed_di
     assert bf16.fingerprint.endswith("-torch-bf16") and bf16.fingerprint != fp32.fingerprint  # stores not shared
 
 
+def test_bf16_without_native_units_says_it_will_be_slow(closed_dir: Path, monkeypatch, caplog) -> None:
+    from crossrank.model.backends import torch_backend
+
+    monkeypatch.setattr(torch_backend, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger=torch_backend.__name__):
+        CrossEncoder.from_pretrained(closed_dir, backend="torch", quantize="bf16")
+    assert "emulated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=torch_backend.__name__):
+        CrossEncoder.from_pretrained(closed_dir, backend="torch")
+    assert "emulated" not in caplog.text
+
+
 def test_each_distinct_segment_is_encoded_once(closed_dir: Path) -> None:
     model = CrossEncoder.from_pretrained(closed_dir, backend="torch")
     seen: list[int] = []

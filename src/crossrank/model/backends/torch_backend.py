@@ -4,6 +4,7 @@ bfloat16 matrix units."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from crossrank.model.graphs import run_graph
+
+log = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -38,6 +41,9 @@ class TorchBackend:
         self.device = torch.device(device)
         self.graph = graph.to(self.device)
         self.bf16 = bf16
+        if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            log.warning("bf16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than fp32 "
+                        "(ONNX fp32 is the fast choice here)")
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         precision = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
