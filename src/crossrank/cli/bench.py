@@ -23,7 +23,7 @@ def bench(
     candidates: Annotated[int, typer.Option(min=1, help="Candidates per query.")] = 100,
     document_words: Annotated[int, typer.Option(min=1, help="Synthetic document length in words.")] = 60,
     variants: Annotated[str, typer.Option(help="Comma-separated: torch, onnx, onnx-int8, torch-bf16; the first is the "
-                                               "reference for speed-up and τ.")] = "torch,onnx,onnx-int8",
+                                               "reference for speed-up and τ.")] = "torch,onnx,onnx-int8,torch-bf16",
     repeats: Annotated[int, typer.Option(min=1, help="Passes over the queries per variant (median).")] = 3,
     threads: ThreadsOption = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Token budget per forward pass.")] = None,
