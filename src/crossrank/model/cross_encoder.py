@@ -141,7 +141,7 @@ class CrossEncoder:
         calibration and first-stage weight it ships (calibration.json, fusion.json) when present.
 
         `quantize` trades exactness for speed: "int8" (ONNX, dynamic int8 matrix products) or "bf16" (torch,
-        bfloat16 autocast: several times faster on CPUs with AMX; the README's speed section measures both).
+        bfloat16 autocast: about twice ONNX fp32 on CPUs with AMX; the README's speed section measures both).
         `batch_tokens` bounds rows × padded length per forward pass: small batches pad less and stay in cache
         (the README's "Reranking speed" table measures 2048 against 16384). `threads` sets ONNX Runtime's
         intra-op threads (for torch it sets torch's process-wide thread count). `cache_entries` keeps that many
