@@ -209,8 +209,10 @@ def main() -> None:
             found = contenders(model_dir, scratch, peers_python, args.threads,
                                [int(length) for length in args.lengths.split(",") if length])
             if args.contenders:
-                wanted = {name.strip() for name in args.contenders.split(",")} | {REFERENCE, QUALITY_REFERENCE}
-                found = [contender for contender in found if contender.name in wanted]
+                wanted = {name.strip() for name in args.contenders.split(",") if name.strip()}
+                if unknown := sorted(wanted - {contender.name for contender in found}):
+                    parser.error(f"unknown contenders {unknown}; choose from {[c.name for c in found]}")
+                found = [c for c in found if c.name in wanted | {REFERENCE, QUALITY_REFERENCE}]
             print(f"{dataset}: {len(queries)} queries, {len(found)} contenders", file=sys.stderr, flush=True)
             measure(found, len(queries), args.repeats)
             results[dataset] = summarise(found, queries, qrels, gated)
