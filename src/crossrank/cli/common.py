@@ -35,9 +35,9 @@ def engine_precision(backend: Backend, int8: bool, bf16: bool) -> tuple[Backend,
     """(backend, quantize) for `--backend`, `--int8`, `--bf16`: int8 is an ONNX graph, bf16 runs torch."""
     if int8 and bf16:
         raise fail("--int8 and --bf16 exclude each other")
-    if bf16 and backend == "onnx":
+    if bf16:
         return "torch", "bf16"
-    return backend, "int8" if int8 else "bf16" if bf16 else None
+    return backend, "int8" if int8 else None
 
 
 def top_k_option(help: str) -> typer.models.OptionInfo:
