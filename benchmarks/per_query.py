@@ -80,10 +80,12 @@ def contenders(model_dir: Path, scratch: Path, peers_python: str, threads: int |
         found += [Contender(f"crossrank-onnx-{precision}-joint", crossrank | {"backend": "onnx", "factorise": False}
                             | ({"quantize": "int8"} if precision == "int8" else {}), sys.executable,
                             precision=precision) for precision in ("fp32", "int8")]
-        # What `crossrank search` does over an index built with `crossrank index` (segments stored by default):
-        # the candidates' windows were encoded at index time, the query is encoded now.
-        found.append(Contender("crossrank-onnx-fp32-indexed", crossrank | {"backend": "onnx", "stored_segments": True},
-                               sys.executable))
+        # What `crossrank search` does over an index built with `crossrank index` (segments stored by default), on
+        # the default backend: the candidates' windows were encoded at index time, the query is encoded now.
+        backend, quantize = default_backend()
+        found.append(Contender(f"crossrank-{backend}-{quantize or 'fp32'}-indexed",
+                               crossrank | {"backend": backend, "quantize": quantize, "stored_segments": True},
+                               sys.executable, precision=quantize or "fp32"))
     for length in lengths:  # fewer tokens: a shorter pair window (long documents get more windows)
         found.append(Contender(f"crossrank-onnx-int8-len{length}",
                                crossrank | {"backend": "onnx", "quantize": "int8", "max_length": length},
@@ -91,14 +93,19 @@ def contenders(model_dir: Path, scratch: Path, peers_python: str, threads: int |
     return found
 
 
-def default_contender() -> str:
-    """The contender that `CrossEncoder.from_pretrained(path)` with no options is."""
+def default_backend() -> tuple[str, str | None]:
+    """The (backend, precision) `CrossEncoder.from_pretrained(path)` with no options runs on this machine."""
     import inspect
 
+    from crossrank.model.backends import resolve_backend
     from crossrank.model.cross_encoder import CrossEncoder
 
     defaults = inspect.signature(CrossEncoder.from_pretrained).parameters
-    backend, quantize = defaults["backend"].default, defaults["quantize"].default
+    return resolve_backend(defaults["backend"].default, defaults["quantize"].default)
+
+
+def default_contender() -> str:
+    backend, quantize = default_backend()
     return f"crossrank-{backend}-{quantize or 'fp32'}"
 
 

@@ -147,7 +147,8 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
         **{name: Contender(name, [python, "-c", "from crossrank.cli import main; main()", "serve", "--model",
                                    str(model), "--log-level", "warning", "--timeout", "900", "--score-cache", "0",
                                    "--segment-cache", "0", *flags], "/v1/rerank", {})
-           for name, flags in (("crossrank", []), ("crossrank-int8", ["--int8"]), ("crossrank-bf16", ["--bf16"]))},
+           for name, flags in (("crossrank", []), ("crossrank-fp32", ["--backend", "onnx"]),
+                               ("crossrank-int8", ["--int8"]), ("crossrank-bf16", ["--bf16"]))},
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
                                            str(peer_model), "--engine", "torch", "--device", "cpu", "--dtype",
                                            "float32", "--host",
@@ -234,7 +235,9 @@ def main() -> None:
     parser.add_argument("--max-inflight-pairs", type=int, default=1000,
                         help="skip cells with clients x docs above this (2 shared cores cannot drain more in time)")
     parser.add_argument("--contenders", nargs="+",
-                        default=["crossrank", "crossrank-int8", "crossrank-bf16", "infinity", "st-fastapi"])
+                        default=["crossrank", "crossrank-fp32", "crossrank-int8", "infinity", "st-fastapi"],
+                        help="crossrank is `crossrank serve` as it starts with no flags (--backend auto: torch bf16 on "
+                             "a CPU with AMX, else ONNX fp32); crossrank-fp32 is --backend onnx")
     parser.add_argument("--summarize", action="store_true", help="reprint the table from the last results JSON")
     parser.add_argument("--serve-plain", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

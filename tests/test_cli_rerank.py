@@ -150,15 +150,17 @@ def test_serve_says_what_its_index_root_holds_and_refuses_a_file(tmp_path):
     assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
 
 
-def test_serve_suggests_bf16_only_to_an_fp32_server_on_a_cpu_with_amx(monkeypatch):
-    from crossrank.cli.serve import faster_precision_hint
-    from crossrank.model.backends import torch_backend
+def test_serve_says_which_precision_auto_chose_and_when_fp32_leaves_speed_unused(monkeypatch):
+    from crossrank.cli.serve import precision_line
+    from crossrank.model.backends import cpu_features
 
-    monkeypatch.setattr(torch_backend, "cpu_has_amx", lambda: True)
-    assert "--bf16" in faster_precision_hint(None)
-    assert faster_precision_hint("bf16") is None and faster_precision_hint("int8") is None
-    monkeypatch.setattr(torch_backend, "cpu_has_amx", lambda: False)
-    assert faster_precision_hint(None) is None
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: True)
+    assert precision_line("auto", None) == "reranking with torch bf16 (auto: this CPU has AMX tiles)"
+    assert "--backend auto serves about twice" in precision_line("onnx", None)
+    assert precision_line("auto", "int8") == "reranking with onnx int8"
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: False)
+    assert precision_line("auto", None) == "reranking with onnx fp32 (auto: no AMX tiles here)"
+    assert precision_line("torch", None) == "reranking with torch fp32"
 
 
 def test_json_logs_carry_no_ansi_copy_of_the_message():

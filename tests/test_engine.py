@@ -415,6 +415,22 @@ def test_invalid_options_are_refused(tiny_model_dir):
 # --- calibration --------------------------------------------------------------------------------------------
 
 
+def test_auto_backend_runs_bf16_only_where_the_cpu_has_amx(tiny_model_dir, monkeypatch):
+    from crossrank.model.backends import cpu_features, resolve_backend
+
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: True)
+    assert resolve_backend("auto", None) == ("torch", "bf16")
+    assert resolve_backend("auto", "int8") == ("onnx", "int8")  # an explicit precision picks its backend
+    assert resolve_backend("auto", None, device="cuda") == ("torch", None)
+    assert resolve_backend("onnx", None) == ("onnx", None)  # an explicit backend runs fp32 unless told otherwise
+    amx = CrossEncoder.from_pretrained(tiny_model_dir)
+    assert (amx.backend.name, amx.quantize) == ("torch", "bf16") and amx.fingerprint.endswith("-torch-bf16")
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: False)
+    assert resolve_backend("auto", None) == ("onnx", None)
+    plain = CrossEncoder.from_pretrained(tiny_model_dir)
+    assert (plain.backend.name, plain.quantize) == ("onnx", None) and plain.fingerprint.endswith("-onnx-fp32")
+
+
 def test_platt_calibration_recovers_known_parameters_and_is_applied(tiny_model_dir, tmp_path):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, 20000)

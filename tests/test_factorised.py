@@ -90,7 +90,7 @@ def test_int8_factorised_stays_close_to_fp32(closed_dir: Path) -> None:
     np.testing.assert_allclose(int8.predict(PAIRS), reference, atol=0.1 * max(1.0, float(np.abs(reference).max())))
 
 
-def test_bf16_factorised_stays_close_to_fp32_and_keeps_its_own_vectors(closed_dir: Path) -> None:
+def test_bf16_factorised_stays_close_to_fp32_and_names_its_own_vectors(closed_dir: Path) -> None:
     fp32 = CrossEncoder.from_pretrained(closed_dir, backend="torch")
     bf16 = CrossEncoder.from_pretrained(closed_dir, backend="torch", quantize="bf16")
     reference = fp32.predict(PAIRS)
@@ -98,7 +98,7 @@ def test_bf16_factorised_stays_close_to_fp32_and_keeps_its_own_vectors(closed_di
     scores = bf16.predict(PAIRS)
     assert scores.dtype == np.float32 and not np.array_equal(scores, reference)  # bf16 did run
     np.testing.assert_allclose(scores, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))
-    assert bf16.fingerprint.endswith("-torch-bf16") and bf16.fingerprint != fp32.fingerprint  # stores not shared
+    assert bf16.fingerprint.endswith("-torch-bf16") and bf16.fingerprint != fp32.fingerprint  # written apart
 
 
 def test_bf16_without_native_units_says_it_will_be_slow(closed_dir: Path, monkeypatch, caplog) -> None:

@@ -1,6 +1,6 @@
 """Passage vectors stored in the index for a factorised cross-encoder: a search that reads them encodes only its
-query and scores exactly as without them; stores are written whole, reused across ingests, refused for another
-model, and a damaged one is a clear error."""
+query and scores exactly as without them; stores are written whole, reused across ingests, shared between fp32 and
+bf16 of the same weights, refused for another model, and a damaged one is a clear error."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import pytest
 from conftest import count_segment_rows
 
 from crossrank.model.cross_encoder import CrossEncoder
-from crossrank.model.segment_store import SegmentStore, SegmentStoreError, SegmentStoreWriter, segment_key
+from crossrank.model.segment_store import (
+    SegmentStore,
+    SegmentStoreError,
+    SegmentStoreWriter,
+    readable_in_place,
+    segment_key,
+)
 from crossrank.pipeline import search_pipeline
 from crossrank.store import Index, IndexConfig
 
@@ -100,7 +106,7 @@ def test_search_reading_stored_segments_encodes_only_the_query_and_scores_the_sa
             assert sum(seen) == 1  # the query; every candidate's windows came from the store
             assert [c.id for c in after.candidates] == [c.id for c in before.candidates]
             np.testing.assert_allclose([c.score for c in after.candidates], [c.score for c in before.candidates],
-                                       atol=1e-5)
+                                       rtol=1e-5, atol=1e-5)  # summation order only (batches differ)
         assert readonly.segment_store(model.fingerprint).stats().misses == len(QUERIES)  # only the queries
 
 
@@ -138,6 +144,42 @@ def test_a_store_of_another_model_is_not_read(index: Path, closed_gated_dir: Pat
         assert not readonly.lend_segments(CrossEncoder.from_pretrained(tiny_model_dir))  # not factorised
     with pytest.raises(ValueError, match="not factorised"):
         CrossEncoder.from_pretrained(tiny_model_dir).document_segments(["text"])
+
+
+def test_which_stores_a_model_reads_in_place_of_its_own() -> None:
+    assert readable_in_place("w-onnx-fp32", "w-torch-bf16") and readable_in_place("w-torch-bf16", "w-onnx-fp32")
+    assert readable_in_place("w-torch-fp32", "w-onnx-fp32") and readable_in_place("w-onnx-int8", "w-onnx-int8")
+    assert not readable_in_place("w-onnx-int8", "w-onnx-fp32") and not readable_in_place("w-onnx-fp32", "w-onnx-int8")
+    assert not readable_in_place("v-onnx-fp32", "w-onnx-fp32") and not readable_in_place("model-x", "w-onnx-fp32")
+
+
+def test_the_same_weights_at_another_faithful_precision_read_a_store_but_write_their_own(
+        index: Path, closed_gated_dir: Path) -> None:
+    """An index whose vectors were stored where "auto" ran ONNX fp32 serves a CPU where it runs bf16 (and back)
+    without re-encoding its passages: the two precisions' vectors differ in the last digits. A store a model writes
+    holds its own precision's vectors only."""
+    fp32 = CrossEncoder.from_pretrained(closed_gated_dir, max_length=64, backend="onnx")
+    bf16 = CrossEncoder.from_pretrained(closed_gated_dir, max_length=64, backend="torch", quantize="bf16")
+    with Index.open(index) as readonly:
+        own = [search_pipeline(readonly, ["bm25"], reranker=bf16).search(q) for q in QUERIES]
+    with Index.open(index, writable=True) as writable:
+        written = writable.store_segments(fp32)
+    seen = count_segment_rows(bf16)
+    with Index.open(index) as readonly:
+        assert not readonly.lacks_segments(bf16) and readonly.lend_segments(bf16)
+        for query, before in zip(QUERIES, own, strict=True):
+            seen.clear()
+            after = search_pipeline(readonly, ["bm25"], reranker=bf16).search(query)
+            assert sum(seen) == 1  # the query; the candidates' windows are fp32 vectors from the store
+            expected = {c.id: c.score for c in before.candidates}
+            scores = {c.id: c.score for c in after.candidates}
+            assert scores.keys() == expected.keys()
+            np.testing.assert_allclose([scores[i] for i in expected], list(expected.values()), rtol=0.05, atol=0.05)
+    with Index.open(index, writable=True) as writable:
+        mine = writable.store_segments(bf16)
+        assert mine.encoded == mine.segments == written.segments and mine.path != written.path
+        assert writable.segment_store(bf16.fingerprint).path == mine.path  # its own first, once it has them
+        assert writable.segment_store(fp32.fingerprint).path == written.path
 
 
 def test_crossrank_index_stores_the_rerankers_segments(tmp_path: Path, closed_gated_dir: Path,

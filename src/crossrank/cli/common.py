@@ -2,7 +2,8 @@
 line, and how text is cut for the terminal.
 
 - `-m/--model DIR`: a cross-encoder checkpoint; default the bundled model.
-- `--backend onnx|torch`, `--int8`, `--bf16`, `--threads N`: how it runs.
+- `--backend auto|onnx|torch`, `--int8`, `--bf16`, `--threads N`: how it runs (auto: the fastest faithful precision
+  on this CPU).
 - `-k/--top-k N`: how many results to keep or show.
 - `--format`: what is printed on stdout (a table or text for people, JSON lines for programs).
 - `-o/--out PATH`: the file or folder a command writes; `--json PATH`: also write the results table as JSON.
@@ -18,11 +19,12 @@ from typing import Annotated, Literal
 
 import typer
 
-Backend = Literal["onnx", "torch"]
+Backend = Literal["auto", "onnx", "torch"]
 
 ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", help="Cross-encoder checkpoint directory (default: the bundled model).")]
-BackendOption = Annotated[Backend, typer.Option(help="Inference backend.")]
+BACKEND_HELP = "Inference backend; auto: torch bf16 on a CPU with AMX tiles, else ONNX fp32."
+BackendOption = Annotated[Backend, typer.Option(help=BACKEND_HELP)]
 Int8Option = Annotated[bool, typer.Option("--int8", help="Score with the dynamic int8 ONNX graph.")]
 Bf16Option = Annotated[bool, typer.Option("--bf16", help="Score with the torch backend in bfloat16 autocast (fast "
                                                     "on CPUs with AMX).")]

@@ -57,7 +57,7 @@ def context(
                               "bundled one).")] = None,
     no_adapted: Annotated[bool, typer.Option(
         "--no-adapted", help="Score with the bundled model even if the index has an adapted one.")] = False,
-    backend: BackendOption = "onnx",
+    backend: BackendOption = "auto",
     output_format: Annotated[Literal["text", "json"], typer.Option(
         "--format", help="text: the rendered context on stdout, a summary on stderr; json: one object with the "
                          "snippets, citations' spans, what was dropped and why, and the rendered text.")] = "text",

@@ -58,7 +58,7 @@ def evaluate(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries (quick looks).")]
         = None,
     curve: Annotated[bool, typer.Option(help="Compute the depth curve.")] = True,
-    backend: BackendOption = "onnx",
+    backend: BackendOption = "auto",
     int8: Int8Option = False,
     bf16: Bf16Option = False,
 ) -> None:
@@ -108,7 +108,7 @@ def evaluate_context(
     tokenizer: Annotated[Path | None, typer.Option(
         help="tokenizer.json (or a folder with one) that counts tokens; default: the estimate.")] = None,
     model: ModelOption = None,
-    backend: BackendOption = "onnx",
+    backend: BackendOption = "auto",
     max_queries: Annotated[int | None, typer.Option(min=1, help="Only the first N judged queries.")] = None,
     permutations: Annotated[int, typer.Option(min=1, help="Randomisation test permutations.")] = 10_000,
     report: Annotated[Path | None, typer.Option(help="Write an HTML report (recall vs budget plot) here.")] = None,

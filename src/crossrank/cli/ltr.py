@@ -93,7 +93,7 @@ def features(
     try:
         data = parse_dataset_spec(dataset)
         first = first_stage_run(data, run, depth)
-        backend, quantize = engine_precision("onnx", int8, bf16)
+        backend, quantize = engine_precision("auto", int8, bf16)
         ce = None if model in (None, "none") else CrossEncoder.from_pretrained(
             None if model == "default" else model, backend=backend, quantize=quantize)
         bi = None

@@ -54,7 +54,7 @@ def rerank(
     source: Annotated[str, typer.Argument(help="JSONL or text file of documents, or '-' for stdin.")] = "-",
     model: ModelOption = None,
     top_k: Annotated[int | None, top_k_option("Keep the best K (default: all).")] = None,
-    backend: BackendOption = "onnx",
+    backend: BackendOption = "auto",
     int8: Int8Option = False,
     bf16: Bf16Option = False,
     output_format: Annotated[Literal["table", "jsonl"], typer.Option(

@@ -11,6 +11,7 @@ import typer
 
 from crossrank.cli.app import app
 from crossrank.cli.common import (
+    BACKEND_HELP,
     Backend,
     BackendOption,
     ModelOption,
@@ -31,7 +32,7 @@ def serve(
                                       "--model", "-m")] = None,
     host: Annotated[str, _opt("Bind address.", "HOST", "--host")] = "127.0.0.1",
     port: Annotated[int, _opt("Port.", "PORT", "--port")] = 8080,
-    backend: Annotated[Backend, _opt("Inference backend.", "BACKEND", "--backend")] = "onnx",
+    backend: Annotated[Backend, _opt(BACKEND_HELP, "BACKEND", "--backend")] = "auto",
     int8: Annotated[bool, _opt("Score with the dynamic int8 ONNX graph.", "INT8", "--int8")] = False,
     bf16: Annotated[bool, _opt("Score with the torch backend in bfloat16 autocast (fast on CPUs with AMX).", "BF16",
                                "--bf16")] = False,
@@ -157,19 +158,23 @@ def serve(
     typer.echo(f"crossrank: the workbench is at http://{host}:{port}/ui (API docs: /openapi.json)", err=True)
     if indexes is not None:
         typer.echo(f"crossrank: {indexes}", err=True)
-    if hint := faster_precision_hint(config.quantize):
-        typer.echo(f"crossrank: {hint}", err=True)
+    typer.echo(f"crossrank: {precision_line(config.backend, config.quantize)}", err=True)
     serve_http(create_app(config), config, host=host, port=port, drain_seconds=drain_seconds)
 
 
-def faster_precision_hint(quantize: str | None) -> str | None:
-    """On a CPU with AMX an fp32 server leaves twice its throughput unused (README, "Serve"): say so at startup."""
-    from crossrank.model.backends.torch_backend import cpu_has_amx
+def precision_line(backend: str, quantize: str | None) -> str:
+    """Which backend and precision score requests, so an operator sees what "auto" chose on this CPU; an fp32
+    server on a CPU with AMX leaves about half its throughput unused (README, "Serve"), which it says."""
+    from crossrank.model.backends import resolve_backend
+    from crossrank.model.backends.cpu_features import cpu_has_amx
 
-    if quantize is None and cpu_has_amx():
-        return ("this CPU has AMX tiles: --bf16 serves about twice the pairs/s (-0.001 nDCG@10 on TREC DL 2020; "
-                "README, Serve)")
-    return None
+    runs, precision = resolve_backend(backend, quantize)  # type: ignore[arg-type]
+    line = f"reranking with {runs} {precision or 'fp32'}"
+    if backend == "auto" and quantize is None:
+        return line + (" (auto: this CPU has AMX tiles)" if precision == "bf16" else " (auto: no AMX tiles here)")
+    if precision is None and cpu_has_amx():
+        return line + " (this CPU has AMX tiles: --backend auto serves about twice the pairs/s; README, Serve)"
+    return line
 
 
 def describe_index_root(root: Path) -> str:
@@ -194,7 +199,7 @@ def rerank_batch(
     actors: Annotated[int, typer.Option(help="Model-holding actors.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Queries per actor call.")] = 16,
     top_k: Annotated[int | None, top_k_option("Keep the best K per query (default: all).")] = None,
-    backend: BackendOption = "onnx",
+    backend: BackendOption = "auto",
     threads: ThreadsOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
 ) -> None:

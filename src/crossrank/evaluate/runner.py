@@ -103,7 +103,7 @@ def first_stages(dataset: BeirDataset, needed: set[str], run_path: Path | None, 
 
 def run_evaluation(dataset: BeirDataset, config: ExperimentConfig, *, run: Path | None = None,
                    pipelines: str | Sequence[str] | None = None, models: Sequence[str] = (),
-                   backend: str = "onnx", quantize: str | None = None, max_queries: int | None = None,
+                   backend: str = "auto", quantize: str | None = None, max_queries: int | None = None,
                    say: Callable[[str], None] = print, progress: bool = True) -> ExperimentResult:
     if run is not None and not run.is_file():
         raise FileNotFoundError(f"no such run file: {run}")

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from crossrank.model.backends import Backend, BackendName, Precision, load_backend
+from crossrank.model.backends import Backend, BackendName, Precision, load_backend, resolve_backend
 from crossrank.model.batching import iter_batches
 from crossrank.model.calibration import Calibrator
 from crossrank.model.checkpoint import Checkpoint
 from crossrank.model.factorised import FactorisedScorer, SegmentCache, gates_closed
 from crossrank.model.interpolation import FirstStageInterpolation
 from crossrank.model.score_cache import ScoreCache
-from crossrank.model.segment_store import SegmentStore
+from crossrank.model.segment_store import SegmentStore, readable_in_place
 from crossrank.model.tokenization import LongDocuments, PairEncoder, load_tokenizer
 from crossrank.types import Document, RankResult, check_positive
 
@@ -123,7 +123,7 @@ class CrossEncoder:
         cls,
         path: str | os.PathLike[str] | None = None,
         *,
-        backend: BackendName = "onnx",
+        backend: BackendName = "auto",
         quantize: Precision = None,
         max_length: int | None = None,
         max_query_tokens: int = 64,
@@ -140,6 +140,8 @@ class CrossEncoder:
         """Load a local checkpoint directory (None or "default": the bundled crossrank model), with the
         calibration and first-stage weight it ships (calibration.json, fusion.json) when present.
 
+        `backend` "auto" runs the fastest faithful precision on this CPU (`resolve_backend`: torch bf16 autocast
+        where it has AMX tiles, else ONNX fp32); "onnx" or "torch" run fp32 unless `quantize` says otherwise.
         `quantize` trades exactness for speed: "int8" (ONNX, dynamic int8 matrix products) or "bf16" (torch,
         bfloat16 autocast: about twice ONNX fp32 on CPUs with AMX; the README's speed section measures both).
         `batch_tokens` bounds rows × padded length per forward pass: small batches pad less and stay in cache
@@ -182,6 +184,7 @@ class CrossEncoder:
         own_windows = (window_tokens or min(DOCUMENT_WINDOW_TOKENS, segment_tokens)) if factorised else None
         encoder = PairEncoder(tokenizer, length, max_query_tokens, long_documents, window_overlap, own_windows)
         head = "segments" if factorised else "classification"
+        backend, quantize = resolve_backend(backend, quantize)
         return cls(checkpoint, load_backend(checkpoint, head, backend, quantize, threads), encoder, pad_id,
                    batch_tokens, aggregate, Calibrator.load(checkpoint.path), interpolation, quantize, cache_entries,
                    factorised, segment_cache_entries)
@@ -228,11 +231,12 @@ class CrossEncoder:
 
     def use_segment_store(self, source: str, store: SegmentStore | None) -> None:
         """Read document vectors from `store` (written by an index at `source`) before running the model; None
-        forgets `source`'s. The scores do not change, only the work: stored vectors are the model's own. A store
-        written for another model or precision is refused."""
+        forgets `source`'s. The scores do not change, only the work: stored vectors are the model's own, or the
+        same weights' at the other faithful precision (`readable_in_place`: fp32 and bf16, which differ in the last
+        digits). A store written for other weights, or int8 vectors for a model that is not int8, is refused."""
         if self.factorised is None:
             raise ValueError(f"{self.name} is not factorised: it cannot read stored segment vectors")
-        if store is not None and store.fingerprint != self.fingerprint:
+        if store is not None and not readable_in_place(store.fingerprint, self.fingerprint):
             raise ValueError(f"the segment store {store.path} holds another model's vectors ({store.fingerprint}); "
                              f"this one is {self.fingerprint}")
         stores = {name: known for name, known in self.factorised.stores.items() if name != source}

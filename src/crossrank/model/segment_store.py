@@ -35,6 +35,22 @@ KEY_DTYPE = "S16"
 META = "meta.json"
 
 
+# Precisions whose vectors differ only in the last digits: a model at one reads a store written at the other (bf16
+# autocast keeps fp32 accumulation and outputs; ranking within 0.002 nDCG@10 of fp32, README "Reranking speed"), so
+# an index built on one machine is not re-encoded on another. int8 vectors are coarser: only int8 reads them.
+FAITHFUL_PRECISIONS = frozenset({"fp32", "bf16"})
+
+
+def readable_in_place(stored: str, own: str) -> bool:
+    """May a model whose fingerprint is `own` read vectors written under `stored` (`CrossEncoder.fingerprint`:
+    `<weights>-<backend>-<precision>`)? Its own, or the same weights' at another faithful precision or backend."""
+    if stored == own:
+        return True
+    stored_parts, own_parts = stored.rsplit("-", 2), own.rsplit("-", 2)
+    return (len(stored_parts) == len(own_parts) == 3 and stored_parts[0] == own_parts[0]
+            and {stored_parts[2], own_parts[2]} <= FAITHFUL_PRECISIONS)
+
+
 def segment_key(token_bytes: bytes) -> bytes:
     """A segment's lookup key, in a store and in `SegmentCache`: the digest of its token ids (`ids.tobytes()`)."""
     return hashlib.blake2b(token_bytes, digest_size=16).digest()

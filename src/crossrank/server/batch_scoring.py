@@ -54,7 +54,7 @@ def parse_record(line: str) -> dict[str, Any]:
 
 
 def rerank_file(source: Path, target: Path, *, model: str | None, actors: int = 1, batch_size: int = 16,
-                top_k: int | None = None, backend: str = "onnx", threads: int | None = None,
+                top_k: int | None = None, backend: str = "auto", threads: int | None = None,
                 cpus_per_actor: float = 1.0) -> int:
     """Score `source` into `target` (JSONL, input order) on the current Ray cluster; return the record count."""
     import ray

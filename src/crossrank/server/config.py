@@ -15,7 +15,7 @@ class ServerConfig:
     """Everything the app needs; defaults are safe for a single CPU host."""
 
     model: str | None = None
-    backend: str = "onnx"
+    backend: str = "auto"  # `resolve_backend`: torch bf16 on a CPU with AMX, else ONNX fp32
     quantize: str | None = None
     threads: int | None = None
     # The engine's own per-forward-pass token budget (the engine's default; measured in the README's "Reranking

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crossrank.model.segment_store import META as SEGMENT_META
-from crossrank.model.segment_store import SegmentStore, SegmentStoreError, write_segment_store
+from crossrank.model.segment_store import SegmentStore, SegmentStoreError, readable_in_place, write_segment_store
 from crossrank.retrieve.bm25 import BM25Index
 from crossrank.retrieve.dense import DEFAULT_EXACT_THRESHOLD, DenseIndex
 from crossrank.store.chunking import Chunker, stitch
@@ -80,6 +80,11 @@ def adapted_model(path: str | os.PathLike[str]) -> Path | None:
     unless told otherwise. It is installed whole (by rename), so a config.json means a complete model."""
     model = Path(path) / ADAPTED_MODEL
     return model if (model / "config.json").is_file() else None
+
+
+def _written_under(folder: Path) -> str:
+    """The fingerprint a segment store folder (`<fingerprint>.g<generation>`) was written under."""
+    return folder.name.rsplit(".g", 1)[0]
 
 
 def _factorised(model: Any) -> Any:
@@ -210,7 +215,7 @@ class Index:
         self.last_commit = CommitSummary()
         self._in_flight: dict[str, Document | None] = {}  # what the running commit is writing
         self._row_cache: dict[int, tuple[Any, ...]] = {}
-        self._segment_stores: dict[str, SegmentStore] = {}  # opened once per fingerprint and folder
+        self._segment_stores: dict[str, SegmentStore] = {}  # by the fingerprint it was written under, its newest
         if writable:
             self._sync_bm25()
         elif self.bm25.generation < self._committed_generation():
@@ -581,17 +586,29 @@ class Index:
         """True when the index stores some reranker's passage vectors (`crossrank index --segments`)."""
         return bool(self._segment_folders("*"))
 
-    def segment_store(self, fingerprint: str) -> SegmentStore | None:
-        """The newest store of the model `fingerprint`'s passage vectors (`CrossEncoder.fingerprint`), if one was
-        written. Passages committed since are not in it; the model encodes those at query time."""
-        folders = self._segment_folders(fingerprint)
+    def _readable_segment_folders(self, fingerprint: str) -> list[Path]:
+        """The stores a model of `fingerprint` reads: its own if the index has them, else the same weights' at the
+        other faithful precision (`readable_in_place`), oldest generation first."""
+        own = self._segment_folders(fingerprint)
+        if own:
+            return own
+        weights = fingerprint.split("-", 1)[0]
+        return [path for path in self._segment_folders(f"{weights}-*")
+                if readable_in_place(_written_under(path), fingerprint)]
+
+    def segment_store(self, fingerprint: str, *, own: bool = False) -> SegmentStore | None:
+        """The newest store of passage vectors the model `fingerprint` reads (`CrossEncoder.fingerprint`; `own`:
+        only those written at its own backend and precision), if one was written. Passages committed since are not
+        in it; the model encodes those at query time."""
+        folders = self._segment_folders(fingerprint) if own else self._readable_segment_folders(fingerprint)
         if not folders:
             return None
+        newest = folders[-1]
         with self._lock:
-            store = self._segment_stores.get(fingerprint)
-            if store is None or store.path != folders[-1]:
+            store = self._segment_stores.get(_written_under(newest))
+            if store is None or store.path != newest:
                 try:
-                    store = self._segment_stores[fingerprint] = SegmentStore(folders[-1])
+                    store = self._segment_stores[_written_under(newest)] = SegmentStore(newest)
                 except SegmentStoreError as exc:  # replaced by a writer as we opened it, or damaged: encode instead
                     log.warning("segment store not read: %s", exc)
                     return None
@@ -612,7 +629,7 @@ class Index:
         """True when the index stores some reranker's passage vectors but not `model`'s (as `lend_segments` reads
         it; e.g. a model trained since the index was built): searches reranking with it encode every candidate."""
         model = _factorised(model)
-        return model is not None and self.keeps_segments() and not self._segment_folders(model.fingerprint)
+        return model is not None and self.keeps_segments() and not self._readable_segment_folders(model.fingerprint)
 
     def store_segments(self, model: Any, *, show_progress: bool = False) -> SegmentsSummary:
         """Store `model`'s vector of every live passage's document windows (a factorised `CrossEncoder`), so a
@@ -622,7 +639,7 @@ class Index:
         fingerprint = model.fingerprint
         with self._commit_lock:  # the passages read below are one generation's
             generation = self._committed_generation()
-            previous = self.segment_store(fingerprint)
+            previous = self.segment_store(fingerprint, own=True)  # a store holds one precision's vectors
             target = self.path / SEGMENTS / f"{fingerprint}.g{generation}"
             passages = self.count()["passages"]
             if previous is not None and previous.path == target:

@@ -51,7 +51,7 @@ def attach_teacher(lists: Sequence[RankingList], teacher: BiEncoderTeacher) -> N
 class CrossEncoderTeacher:
     """A cross-encoder as a teacher: its logits as the engine computes them at search time (windows included)."""
 
-    def __init__(self, path: str | os.PathLike[str], backend: str = "onnx", progress: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], backend: str = "auto", progress: bool = True) -> None:
         from crossrank.model.cross_encoder import CrossEncoder
 
         self.model = CrossEncoder.from_pretrained(path, backend=backend)  # type: ignore[arg-type]

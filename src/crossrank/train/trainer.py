@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crossrank.datasets import BeirDataset, Qrels, Run, ranked
-from crossrank.model.backends.torch_backend import cpu_has_native_bf16
+from crossrank.model.backends.cpu_features import cpu_has_native_bf16
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer

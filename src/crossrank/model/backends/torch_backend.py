@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from crossrank.model.backends.cpu_features import cpu_has_native_bf16
 from crossrank.model.graphs import run_graph
 
 log = logging.getLogger(__name__)
-
-
-def _cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return ""
-
-
-def cpu_has_native_bf16() -> bool:
-    """bf16 pays on CPUs with AMX or AVX512-BF16 units; elsewhere it is emulated and many times slower."""
-    flags = _cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def cpu_has_amx() -> bool:
-    """AMX tiles: where bf16 inference is about twice ONNX Runtime's fp32 (README, "Reranking speed")."""
-    return "amx_bf16" in _cpu_flags()
 
 
 class TorchBackend:
