@@ -425,10 +425,13 @@ def test_auto_backend_runs_bf16_only_where_the_cpu_has_amx(tiny_model_dir, monke
     assert resolve_backend("onnx", None) == ("onnx", None)  # an explicit backend runs fp32 unless told otherwise
     amx = CrossEncoder.from_pretrained(tiny_model_dir)
     assert (amx.backend.name, amx.quantize) == ("torch", "bf16") and amx.fingerprint.endswith("-torch-bf16")
+    assert amx.batch_tokens == 4096  # AMX tiles want larger matrix products than ONNX Runtime's cache-sized 2048
+    assert CrossEncoder.from_pretrained(tiny_model_dir, batch_tokens=1024).batch_tokens == 1024
     monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: False)
     assert resolve_backend("auto", None) == ("onnx", None)
     plain = CrossEncoder.from_pretrained(tiny_model_dir)
     assert (plain.backend.name, plain.quantize) == ("onnx", None) and plain.fingerprint.endswith("-onnx-fp32")
+    assert plain.batch_tokens == 2048
 
 
 def test_platt_calibration_recovers_known_parameters_and_is_applied(tiny_model_dir, tmp_path):

@@ -169,6 +169,9 @@ def test_key_helpers(tmp_path):
         read_api_keys(None, tmp_path / "missing")
     with pytest.raises(ValueError, match="max_documents"):
         ServerConfig(max_documents=0)
+    with pytest.raises(ValueError, match="engine_batch_tokens"):
+        ServerConfig(engine_batch_tokens=0)
+    assert ServerConfig().engine_batch_tokens is None  # the engine's per-precision default
 
 
 def test_health_ready_and_metrics(client):

@@ -38,8 +38,9 @@ def serve(
                                "--bf16")] = False,
     threads: Annotated[int | None, _opt("Inference threads per worker.", "THREADS", "--threads")] = None,
     batch_tokens: Annotated[int, _opt("Estimated tokens per merged batch.", "BATCH_TOKENS", "--batch-tokens")] = 32768,
-    engine_batch_tokens: Annotated[int, _opt("Tokens per forward pass inside the engine.", "ENGINE_BATCH_TOKENS",
-                                             "--engine-batch-tokens")] = 2048,
+    engine_batch_tokens: Annotated[int | None, _opt("Tokens per forward pass inside the engine (default: 4096 in "
+                                                    "bf16, else 2048).", "ENGINE_BATCH_TOKENS",
+                                                    "--engine-batch-tokens")] = None,
     score_cache: Annotated[int, _opt("Scored pairs kept so exact repeats skip the model (0: off; ~150 bytes each).",
                                      "SCORE_CACHE", "--score-cache")] = 65536,
     segment_cache: Annotated[int, _opt("Encoded segments a factorised model keeps so recurring documents skip it "

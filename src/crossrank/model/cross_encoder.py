@@ -40,6 +40,11 @@ AGGREGATES = ("max", "first", "mean")
 # 0.6510, 190 0.6523, 126 0.6543, 96 0.6641, 64 0.6411 (64 cuts MS MARCO passages: trec-dl-2021 0.5737). Shorter
 # windows read more tokens per long document (the overlap repeats); 96 against 126: see the README's speed section.
 DOCUMENT_WINDOW_TOKENS = 96
+# Rows × padded length per forward pass, by precision. 2048 keeps ONNX Runtime's batches in cache (the README's
+# "Reranking speed" measures it against 16384); bf16 on AMX tiles wants larger matrix products. Chosen on
+# trec-dl-2021's BM25 top-100 (12 queries, interleaved, bf16 p50 per query): 1024 368 ms, 2048 332, 4096 313,
+# 8192 406; the server's pairs/s at 4096 against 2048 was +4-11 % (README, "Serve").
+BATCH_TOKENS: dict[str | None, int] = {None: 2048, "int8": 2048, "bf16": 4096}
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ class CrossEncoder:
         quantize: Precision = None,
         max_length: int | None = None,
         max_query_tokens: int = 64,
-        batch_tokens: int = 2048,
+        batch_tokens: int | None = None,
         long_documents: LongDocuments = "windows",
         window_overlap: int = 32,
         aggregate: Aggregate = "max",
@@ -144,9 +149,9 @@ class CrossEncoder:
         where it has AMX tiles, else ONNX fp32); "onnx" or "torch" run fp32 unless `quantize` says otherwise.
         `quantize` trades exactness for speed: "int8" (ONNX, dynamic int8 matrix products) or "bf16" (torch,
         bfloat16 autocast: about twice ONNX fp32 on CPUs with AMX; the README's speed section measures both).
-        `batch_tokens` bounds rows × padded length per forward pass: small batches pad less and stay in cache
-        (the README's "Reranking speed" table measures 2048 against 16384). `threads` sets ONNX Runtime's
-        intra-op threads (for torch it sets torch's process-wide thread count). `cache_entries` keeps that many
+        `batch_tokens` bounds rows × padded length per forward pass (None: `BATCH_TOKENS` for the precision):
+        small batches pad less and stay in cache (the README's "Reranking speed" measures 2048 against 16384).
+        `threads` sets ONNX Runtime's intra-op threads (for torch it sets torch's process-wide thread count). `cache_entries` keeps that many
         scored pairs so exact repeats skip the model (off by default: a benchmark must not time cache hits;
         `crossrank serve` turns it on). `factorise` (None: whenever the model allows it) scores a gated model
         whose cross-segment gates are all closed one segment at a time — the same logits, each query and document
@@ -185,6 +190,7 @@ class CrossEncoder:
         encoder = PairEncoder(tokenizer, length, max_query_tokens, long_documents, window_overlap, own_windows)
         head = "segments" if factorised else "classification"
         backend, quantize = resolve_backend(backend, quantize)
+        batch_tokens = BATCH_TOKENS[quantize] if batch_tokens is None else batch_tokens
         return cls(checkpoint, load_backend(checkpoint, head, backend, quantize, threads), encoder, pad_id,
                    batch_tokens, aggregate, Calibrator.load(checkpoint.path), interpolation, quantize, cache_entries,
                    factorised, segment_cache_entries)

@@ -18,9 +18,9 @@ class ServerConfig:
     backend: str = "auto"  # `resolve_backend`: torch bf16 on a CPU with AMX, else ONNX fp32
     quantize: str | None = None
     threads: int | None = None
-    # The engine's own per-forward-pass token budget (the engine's default; measured in the README's "Reranking
-    # speed" table).
-    engine_batch_tokens: int = 2048
+    # The engine's own per-forward-pass token budget (None: the engine's default for the precision,
+    # `crossrank.model.cross_encoder.BATCH_TOKENS`).
+    engine_batch_tokens: int | None = None
     # Scored pairs the model keeps for exact repeats (RAG retries, pagination); 0 turns the cache off.
     score_cache_entries: int = 65536
     # Encoded segments a factorised model keeps, so documents that recur across queries are encoded once (~1.7 kB
@@ -71,7 +71,7 @@ class ServerConfig:
                     "max_header_bytes", "read_timeout_s", "keep_alive_s", "max_connections", "max_indexes",
                     "max_open_indexes")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:  # None: the engine's default
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("score_cache_entries", "segment_cache_entries"):
             if getattr(self, name) < 0:
