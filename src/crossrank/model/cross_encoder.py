@@ -151,11 +151,12 @@ class CrossEncoder:
         bfloat16 autocast: about twice ONNX fp32 on CPUs with AMX; the README's speed section measures both).
         `batch_tokens` bounds rows × padded length per forward pass (None: `BATCH_TOKENS` for the precision):
         small batches pad less and stay in cache (the README's "Reranking speed" measures 2048 against 16384).
-        `threads` sets ONNX Runtime's intra-op threads (for torch it sets torch's process-wide thread count). `cache_entries` keeps that many
-        scored pairs so exact repeats skip the model (off by default: a benchmark must not time cache hits;
-        `crossrank serve` turns it on). `factorise` (None: whenever the model allows it) scores a gated model
-        whose cross-segment gates are all closed one segment at a time — the same logits, each query and document
-        window encoded once (`crossrank.model.factorised`); False runs the joint graph, True requires closed gates.
+        `threads` sets ONNX Runtime's intra-op threads (for torch it sets torch's process-wide thread count).
+        `cache_entries` keeps that many scored pairs so exact repeats skip the model (off by default: a benchmark
+        must not time cache hits; `crossrank serve` turns it on). `factorise` (None: whenever the model allows it)
+        scores a gated model whose cross-segment gates are all closed one segment at a time — the same logits, each
+        query and document window encoded once (`crossrank.model.factorised`); False runs the joint graph, True
+        requires closed gates.
         `segment_cache_entries` keeps that many encoded segments of a factorised model, so documents that recur
         across queries are encoded once (off by default for the same reason; a model that is not factorised has no
         segments to keep and ignores it). `window_tokens` (factorised models only) is how many document tokens one
