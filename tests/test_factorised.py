@@ -101,6 +101,26 @@ def test_bf16_factorised_stays_close_to_fp32_and_names_its_own_vectors(closed_di
     assert bf16.fingerprint.endswith("-torch-bf16") and bf16.fingerprint != fp32.fingerprint  # written apart
 
 
+def test_bf16_casts_linear_weights_once_to_the_values_autocast_would_use(closed_dir: Path) -> None:
+    import torch
+    from torch import nn
+
+    from crossrank.model.backends.torch_backend import TorchBackend
+    from crossrank.model.graphs import build_graph, run_graph
+
+    checkpoint = Checkpoint.open(closed_dir)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, 100, size=(3, 11)).astype(np.int64),
+             "attention_mask": np.ones((3, 11), dtype=np.int64)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = run_graph(build_graph(checkpoint, "segments"), batch).float().numpy()
+    backend = TorchBackend(build_graph(checkpoint, "segments"), bf16=True)
+    dtypes = {p.dtype for m in backend.graph.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    assert dtypes == {torch.bfloat16}
+    assert {m.weight.dtype for m in backend.graph.modules() if isinstance(m, nn.LayerNorm)} == {torch.float32}
+    np.testing.assert_array_equal(backend.run(batch), expected)
+
+
 def test_bf16_without_native_units_says_it_will_be_slow(closed_dir: Path, monkeypatch, caplog) -> None:
     from crossrank.model.backends import torch_backend
 

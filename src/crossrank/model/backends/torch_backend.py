@@ -20,9 +20,11 @@ class TorchBackend:
     """`device` ("cpu", "cuda", ...) is where the graph runs; inputs and outputs stay numpy on the host, in fp32 on
     every device, so a GPU teacher scores as the CPU engine does.
 
-    `bf16` runs the matrix products in bfloat16 under autocast (weights, LayerNorm, softmax and the outputs stay
+    `bf16` runs the matrix products in bfloat16 under autocast (embeddings, LayerNorm, softmax and the outputs stay
     fp32). On a CPU with AMX tiles oneDNN then uses them: about twice ONNX Runtime's fp32 per query; without them
-    bf16 is emulated and slower (`cpu_has_native_bf16`)."""
+    bf16 is emulated and slower (`cpu_has_native_bf16`). The Linear layers' weights and biases are cast to bf16
+    once, here: autocast would cast them on every call to the same values (identical scores), and that copy cost
+    ~10 % per query (trec-dl-2021's BM25 top-100, p50 320 → 287 ms)."""
 
     name = "torch"
 
@@ -32,6 +34,10 @@ class TorchBackend:
         self.device = torch.device(device)
         self.graph = graph.to(self.device)
         self.bf16 = bf16
+        if bf16:
+            for module in self.graph.modules():
+                if isinstance(module, nn.Linear):
+                    module.to(torch.bfloat16)
         if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             log.warning("bf16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than fp32 "
                         "(ONNX fp32 is the fast choice here)")
