@@ -589,12 +589,8 @@ class Index:
     def _readable_segment_folders(self, fingerprint: str) -> list[Path]:
         """The stores a model of `fingerprint` reads: its own if the index has them, else the same weights' at the
         other faithful precision (`readable_in_place`), oldest generation first."""
-        own = self._segment_folders(fingerprint)
-        if own:
-            return own
-        weights = fingerprint.split("-", 1)[0]
-        return [path for path in self._segment_folders(f"{weights}-*")
-                if readable_in_place(_written_under(path), fingerprint)]
+        return self._segment_folders(fingerprint) or [
+            path for path in self._segment_folders("*") if readable_in_place(_written_under(path), fingerprint)]
 
     def segment_store(self, fingerprint: str, *, own: bool = False) -> SegmentStore | None:
         """The newest store of passage vectors the model `fingerprint` reads (`CrossEncoder.fingerprint`; `own`:
@@ -603,12 +599,12 @@ class Index:
         folders = self._segment_folders(fingerprint) if own else self._readable_segment_folders(fingerprint)
         if not folders:
             return None
-        newest = folders[-1]
+        newest, written_under = folders[-1], _written_under(folders[-1])
         with self._lock:
-            store = self._segment_stores.get(_written_under(newest))
+            store = self._segment_stores.get(written_under)
             if store is None or store.path != newest:
                 try:
-                    store = self._segment_stores[_written_under(newest)] = SegmentStore(newest)
+                    store = self._segment_stores[written_under] = SegmentStore(newest)
                 except SegmentStoreError as exc:  # replaced by a writer as we opened it, or damaged: encode instead
                     log.warning("segment store not read: %s", exc)
                     return None
