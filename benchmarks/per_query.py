@@ -75,6 +75,8 @@ def contenders(model_dir: Path, scratch: Path, peers_python: str, threads: int |
                   precision="int8"),
         Contender("crossrank-torch-bf16", crossrank | {"backend": "torch", "quantize": "bf16"}, sys.executable,
                   precision="bf16"),
+        Contender("crossrank-torch-bf16-eager", crossrank | {"backend": "torch", "quantize": "bf16", "compile": False},
+                  sys.executable, precision="bf16"),
     ]
     if gates_closed(checkpoint):  # the engine factorises this model; show the joint graph it replaces beside it
         found += [Contender(f"crossrank-onnx-{precision}-joint", crossrank | {"backend": "onnx", "factorise": False}

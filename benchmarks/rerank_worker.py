@@ -27,6 +27,10 @@ def crossrank_scorer(spec: dict) -> Scorer:
     options = {name: spec[name] for name in ("batch_tokens", "max_length") if spec.get(name)}
     if "factorise" in spec:  # False: the joint graph even where the model factorises
         options["factorise"] = spec["factorise"]
+    if spec.get("compile") is False:  # bf16 eager, as before the graph was compiled ahead of time for the CPU
+        from crossrank.model.backends.compiled import ENVIRONMENT_SWITCH
+
+        os.environ[ENVIRONMENT_SWITCH] = "0"
     model = CrossEncoder.from_pretrained(spec["model"], backend=spec["backend"], quantize=spec.get("quantize"),
                                          threads=spec.get("threads"), **options)
     if spec.get("stored_segments"):  # as `crossrank index` does: every document's windows encoded before any query

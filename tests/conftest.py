@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("CROSSRANK_CACHE", tempfile.mkdtemp(prefix="crossrank-test-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# bf16 on the CPU compiles its graph ahead of time once per checkpoint (~15 s each); the many throwaway checkpoints
+# of the suite run eager, and tests/test_compiled.py switches compiling back on where it is the subject.
+os.environ.setdefault("CROSSRANK_COMPILE", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -55,7 +55,8 @@ def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quanti
         from crossrank.model.backends.torch_backend import TorchBackend
         from crossrank.model.graphs import build_graph
 
-        return TorchBackend(build_graph(checkpoint, head), threads, device, bf16=quantize == "bf16")
+        return TorchBackend(build_graph(checkpoint, head), threads, device, bf16=quantize == "bf16",
+                            compile_for=(checkpoint.content_hash, head, checkpoint.max_position_embeddings))
     if quantize == "bf16":
         raise ValueError("quantize='bf16' needs backend='torch'")
     if device != "cpu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 
@@ -22,3 +23,10 @@ def cpu_has_amx() -> bool:
     """AMX tiles: where bf16 inference is about twice ONNX Runtime's fp32 (README, "Reranking speed"), so the
     "auto" backend picks it. AVX512-BF16 alone was not measured, so it does not."""
     return "amx_bf16" in _cpu_flags()
+
+
+def cpu_flags_signature() -> str:
+    """A short digest of the first CPU's feature flags: code generated for one instruction set is reused only on
+    CPUs with the same flags."""
+    flags = next((line for line in _cpu_flags().splitlines() if line.startswith("flags")), "")
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]

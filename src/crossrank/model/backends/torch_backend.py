@@ -24,11 +24,14 @@ class TorchBackend:
     fp32). On a CPU with AMX tiles oneDNN then uses them: about twice ONNX Runtime's fp32 per query; without them
     bf16 is emulated and slower (`cpu_has_native_bf16`). The Linear layers' weights and biases are cast to bf16
     once, here: autocast would cast them on every call to the same values (identical scores), and that copy cost
-    ~10 % per query (trec-dl-2021's BM25 top-100, p50 320 → 287 ms)."""
+    ~10 % per query (trec-dl-2021's BM25 top-100, p50 320 → 287 ms). On the CPU, bf16 then runs the graph
+    compiled ahead of time for this machine (`crossrank.model.backends.compiled`, given `compile_for`: the
+    checkpoint's content hash, the head and its longest input), eager where that is off or fails."""
 
     name = "torch"
 
-    def __init__(self, graph: nn.Module, threads: int | None = None, device: str = "cpu", bf16: bool = False) -> None:
+    def __init__(self, graph: nn.Module, threads: int | None = None, device: str = "cpu", bf16: bool = False,
+                 compile_for: tuple[str, str, int] | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide in torch; documented on CrossEncoder
         self.device = torch.device(device)
@@ -41,8 +44,15 @@ class TorchBackend:
         if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             log.warning("bf16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than fp32 "
                         "(ONNX fp32 is the fast choice here)")
+        self.compiled = None
+        if bf16 and self.device.type == "cpu" and compile_for is not None:
+            from crossrank.model.backends.compiled import load_compiled
+
+            self.compiled = load_compiled(self.graph, *compile_for)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self.compiled is not None:
+            return self.compiled(batch)
         precision = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
                      else contextlib.nullcontext())
         with precision:
