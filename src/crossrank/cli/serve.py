@@ -174,7 +174,7 @@ def precision_line(backend: str, quantize: str | None) -> str:
     if backend == "auto" and quantize is None:
         return line + (" (auto: this CPU has AMX tiles)" if precision == "bf16" else " (auto: no AMX tiles here)")
     if precision is None and cpu_has_amx():
-        return line + " (this CPU has AMX tiles: --backend auto serves about twice the pairs/s; README, Serve)"
+        return line + " (this CPU has AMX tiles: --backend auto serves more than twice the pairs/s; README, Serve)"
     return line
 
 

@@ -148,7 +148,7 @@ class CrossEncoder:
         `backend` "auto" runs the fastest faithful precision on this CPU (`resolve_backend`: torch bf16 autocast
         where it has AMX tiles, else ONNX fp32); "onnx" or "torch" run fp32 unless `quantize` says otherwise.
         `quantize` trades exactness for speed: "int8" (ONNX, dynamic int8 matrix products) or "bf16" (torch,
-        bfloat16 autocast: about twice ONNX fp32 on CPUs with AMX; the README's speed section measures both).
+        bfloat16 autocast: about three times ONNX fp32 on CPUs with AMX; the README's speed section measures both).
         `batch_tokens` bounds rows × padded length per forward pass (None: `BATCH_TOKENS` for the precision):
         small batches pad less and stay in cache (the README's "Reranking speed" measures 2048 against 16384).
         `threads` sets ONNX Runtime's intra-op threads (for torch it sets torch's process-wide thread count).

@@ -26,7 +26,7 @@ class Backend(Protocol):
 
 def resolve_backend(backend: BackendName, quantize: Precision, device: str = "cpu") -> tuple[str, Precision]:
     """The (backend, precision) that runs: "auto" is the fastest faithful one here. On a CPU with AMX tiles that is
-    torch in bf16 autocast (about twice ONNX fp32 per query and within 0.002 nDCG@10 of it on every judged set
+    torch in bf16 autocast (about three times ONNX fp32 per query and within 0.002 nDCG@10 of it on every judged set
     measured; README, "Reranking speed"), elsewhere ONNX fp32. An explicit precision decides the backend (int8 is
     an ONNX graph, bf16 torch's autocast); any device but the CPU runs torch."""
     if backend not in BACKENDS:

@@ -20,7 +20,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    """AMX tiles: where bf16 inference is about twice ONNX Runtime's fp32 (README, "Reranking speed"), so the
+    """AMX tiles: where bf16 inference is about three times ONNX Runtime's fp32 (README, "Reranking speed"), so the
     "auto" backend picks it. AVX512-BF16 alone was not measured, so it does not."""
     return "amx_bf16" in _cpu_flags()
 
