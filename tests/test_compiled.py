@@ -39,6 +39,7 @@ def test_compiled_bf16_scores_as_eager_bf16_at_any_batch_and_length(fixture: str
     model_dir = request.getfixturevalue(fixture)
     fast = CrossEncoder.from_pretrained(model_dir, backend="torch", quantize="bf16", max_length=128)
     assert fast.backend.compiled is not None
+    assert fast.backend.graph is None  # the package holds the weights; the eager module is not kept as well
     assert len(list((compiling / "compiled").glob("*/model.pt2"))) == 1
     monkeypatch.setenv(compiled.ENVIRONMENT_SWITCH, "0")
     eager = CrossEncoder.from_pretrained(model_dir, backend="torch", quantize="bf16", max_length=128)

@@ -49,6 +49,8 @@ class TorchBackend:
             from crossrank.model.backends.compiled import load_compiled
 
             self.compiled = load_compiled(self.graph, *compile_for)
+            if self.compiled is not None:
+                self.graph = None  # the package holds its own weights; the eager copy was ~50 MB of a server's RSS
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if self.compiled is not None:
