@@ -313,7 +313,7 @@ def test_bi_encoder_teacher_is_the_engine_bi_encoder_on_a_device(tiny_model_dir)
     scores = BiEncoderTeacher(tiny_model_dir, device="cpu").score_lists([RankingList("apple", documents)])[0]
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     with pytest.raises(ValueError, match="needs backend='torch'"):
-        BiEncoder.from_pretrained(tiny_model_dir, device="cuda")  # ONNX Runtime here is the CPU build
+        BiEncoder.from_pretrained(tiny_model_dir, backend="onnx", device="cuda")  # ONNX Runtime here is CPU-only
 
 
 @pytest.mark.timeout(120)
