@@ -55,8 +55,11 @@ def load_backend(checkpoint: Checkpoint, head: str, backend: BackendName, quanti
         from crossrank.model.backends.torch_backend import TorchBackend
         from crossrank.model.graphs import build_graph
 
+        # Only CPU bf16 is compiled; nothing else needs the checkpoint's content hash (a read of every weight byte).
+        compiles = quantize == "bf16" and device == "cpu"
         return TorchBackend(build_graph(checkpoint, head), threads, device, bf16=quantize == "bf16",
-                            compile_for=(checkpoint.content_hash, head, checkpoint.max_position_embeddings))
+                            compile_for=(checkpoint.content_hash, head, checkpoint.max_position_embeddings)
+                            if compiles else None)
     if quantize == "bf16":
         raise ValueError("quantize='bf16' needs backend='torch'")
     if device != "cpu":

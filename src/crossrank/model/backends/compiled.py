@@ -43,9 +43,10 @@ def compiling_enabled() -> bool:
 
 
 def package_path(content_hash: str, head: str) -> Path:
-    machine = f"torch{torch.__version__}-{cpu_flags_signature()}"
-    key = hashlib.sha256(f"{content_hash}-{head}-{machine}-v{COMPILE_VERSION}".encode()).hexdigest()[:16]
-    return cache_dir() / "compiled" / f"{content_hash}-{head}-bf16-{key}" / "model.pt2"
+    """The checkpoint and head name the folder; the machine (torch's version, the CPU's flags) and recipe a digest."""
+    machine = f"torch{torch.__version__}-{cpu_flags_signature()}-v{COMPILE_VERSION}"
+    return (cache_dir() / "compiled" / f"{content_hash}-{head}-bf16-{hashlib.sha256(machine.encode()).hexdigest()[:16]}"
+            / "model.pt2")
 
 
 class _Autocast(nn.Module):

@@ -24,9 +24,9 @@ class TorchBackend:
     fp32). On a CPU with AMX tiles oneDNN then uses them: about twice ONNX Runtime's fp32 per query; without them
     bf16 is emulated and slower (`cpu_has_native_bf16`). The Linear layers' weights and biases are cast to bf16
     once, here: autocast would cast them on every call to the same values (identical scores), and that copy cost
-    ~10 % per query (trec-dl-2021's BM25 top-100, p50 320 → 287 ms). On the CPU, bf16 then runs the graph
-    compiled ahead of time for this machine (`crossrank.model.backends.compiled`, given `compile_for`: the
-    checkpoint's content hash, the head and its longest input), eager where that is off or fails."""
+    ~10 % per query (trec-dl-2021's BM25 top-100, p50 320 → 287 ms). Given `compile_for` (the checkpoint's content
+    hash, the head and its longest input; `load_backend` passes it for bf16 on the CPU), it runs the graph compiled
+    ahead of time for this machine (`crossrank.model.backends.compiled`), eager where that is off or fails."""
 
     name = "torch"
 
@@ -45,7 +45,7 @@ class TorchBackend:
             log.warning("bf16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than fp32 "
                         "(ONNX fp32 is the fast choice here)")
         self.compiled = None
-        if bf16 and self.device.type == "cpu" and compile_for is not None:
+        if compile_for is not None:
             from crossrank.model.backends.compiled import load_compiled
 
             self.compiled = load_compiled(self.graph, *compile_for)
