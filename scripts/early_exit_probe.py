@@ -7,9 +7,10 @@ A cascade runs every candidate through the first L of the model's 6 layers, rank
 head and sends only the top K through the rest; it pays when it saves a good share of the layer work and the final
 top 10 stays what the full model would return. The bundled model is factorised (each document window is encoded on
 its own, `crossrank.model.factorised`), so an exit head is a document vector read at layer L and compared with the
-query's final vector. Heads per layer: the mean-pool of layer L as it is ("pooled"), and ridge maps from it to the
-final vector (distillation at its cheapest: closed form, no labels, no queries) fitted on the documents of each
-`--fit-on` corpus alone and of all of them together ("ridge:<corpora>"). For each (L, K) it reports the share of
+query's final vector. Heads per layer: the mean-pool of layer L as it is ("pooled"), and ridge maps to the final
+vector (distillation at its cheapest: closed form, no labels, no queries) from layer L's mean-pool ("ridge:<corpora>")
+or from the mean-pools of the embeddings and every layer up to L side by side ("stack:<corpora>"), fitted on the
+documents of each `--fit-on` corpus alone and of all of them together. For each (L, K) it reports the share of
 the full model's top 10 that survives, nDCG@10 of the cascade (survivors by the final score, the rest after them by
 the exit score) against the full model's, and the share of the layer work done (token-weighted).
 
@@ -85,6 +86,11 @@ def with_bias(features: np.ndarray) -> np.ndarray:
     return np.hstack([features, np.ones((len(features), 1), dtype=features.dtype)])
 
 
+def stack(means: np.ndarray, layer: int) -> np.ndarray:
+    """The mean-pools of the embeddings and of every layer up to `layer`, side by side."""
+    return means[:, : layer + 1].reshape(len(means), -1)
+
+
 def fit_ridge(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
     design = with_bias(features)
     return np.linalg.solve(design.T @ design + RIDGE * np.eye(design.shape[1]), design.T @ targets)
@@ -152,6 +158,8 @@ def main() -> None:
         for name, means in fits.items():
             weights = fit_ridge(means[:, layer], unit(means[:, layers]))
             heads[f"ridge:{name}"] = lambda d, layer=layer, w=weights: with_bias(d[:, layer]) @ w
+            stacked = fit_ridge(stack(means, layer), unit(means[:, layers]))
+            heads[f"stack:{name}"] = lambda d, layer=layer, w=stacked: with_bias(stack(d, layer)) @ w
         for head, project in heads.items():
             for survivors in SURVIVORS:
                 kept, cascade, work = [], {}, []
