@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="the first N judged queries (default: all)")
     parser.add_argument("--fit-on", nargs="*", default=["trec-dl-2021", "scifact"],
                         help="corpora whose documents the ridge heads are fitted on")
-    parser.add_argument("--fit-documents", type=int, default=2000, help="documents drawn from each fit corpus")
+    parser.add_argument("--fit-documents", type=int, default=4000, help="documents drawn from each fit corpus")
     parser.add_argument("--model", default=None, help="a factorised checkpoint (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("eval-results/early-exit.json"))
     args = parser.parse_args()
