@@ -146,17 +146,13 @@ def contenders(model: Path, which: list[str]) -> list[Contender]:
         # cache.
         **{name: Contender(name, [python, "-c", "from crossrank.cli import main; main()", "serve", "--model",
                                    str(model), "--log-level", "warning", "--timeout", "900", "--score-cache", "0",
-                                   "--segment-cache", "0", *flags], "/v1/rerank", {})
-           for name, flags in (("crossrank", []), ("crossrank-fp32", ["--backend", "onnx"]),
-                               ("crossrank-int8", ["--int8"]), ("crossrank-bf16", ["--bf16"]),
-                               # the engine's batch budget: 4096 tokens in bf16 against half of it
-                               ("crossrank-2048", ["--engine-batch-tokens", "2048"]))},
-        # The default before bf16 was compiled for the CPU: the same server, eager bf16.
-        "crossrank-eager": Contender("crossrank-eager", [python, "-c", "from crossrank.cli import main; main()",
-                                                         "serve", "--model", str(model), "--log-level", "warning",
-                                                         "--timeout", "900", "--score-cache", "0",
-                                                         "--segment-cache", "0"], "/v1/rerank",
-                                     {"CROSSRANK_COMPILE": "0"}),
+                                   "--segment-cache", "0", *flags], "/v1/rerank", env)
+           for name, flags, env in (("crossrank", [], {}), ("crossrank-fp32", ["--backend", "onnx"], {}),
+                                    ("crossrank-int8", ["--int8"], {}), ("crossrank-bf16", ["--bf16"], {}),
+                                    # the engine's batch budget: 4096 tokens in bf16 against half of it
+                                    ("crossrank-2048", ["--engine-batch-tokens", "2048"], {}),
+                                    # the default before bf16 was compiled for the CPU: the same server, eager
+                                    ("crossrank-eager", [], {"CROSSRANK_COMPILE": "0"}))},
         "infinity": Contender("infinity", [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id",
                                            str(peer_model), "--engine", "torch", "--device", "cpu", "--dtype",
                                            "float32", "--host",
