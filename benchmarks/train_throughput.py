@@ -1,7 +1,8 @@
 """Training throughput on this CPU: trained (query, passage) pairs per second and peak RSS of the v1 recipe
 (one batch padded to the step's longest pair, fp32, [CLS] classifier) against the v2 recipe (length-sorted
 micro-batches under a token budget, bf16 autocast where the CPU has native bf16, gated cross-encoder), with and
-without gradient checkpointing.
+without gradient checkpointing, and with its gates frozen closed (how `crossrank adapt` and `crossrank train
+--freeze-gates` fine-tune the bundled model), which the trainer runs one segment at a time.
 
 One command (`python benchmarks/train_throughput.py [--steps 4]`): every contender trains the same lists — the
 TREC DL 2021 judged BM25 top-100 (listwise label loss, groups of 16, 8 lists a step) — in its own process, so
@@ -28,6 +29,8 @@ CONTENDERS = {
     "v2: gated, length-sorted micro-batches, bf16": {"architecture": "gated", "batch_tokens": 8192, "bf16": True},
     "v2 + gradient checkpointing": {"architecture": "gated", "batch_tokens": 8192, "bf16": True,
                                     "gradient_checkpointing": True},
+    "v2, gates frozen closed: one segment at a time": {"architecture": "gated", "batch_tokens": 8192, "bf16": True,
+                                                       "freeze_gates": True},
 }
 
 

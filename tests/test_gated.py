@@ -128,6 +128,50 @@ def test_frozen_gates_stay_closed_so_the_trained_model_is_still_factorised(tmp_p
         TrainConfig(base=str(tmp_path / "bi"), architecture="classifier", freeze_gates=True)
 
 
+def test_frozen_closed_gates_train_one_segment_at_a_time_with_the_joint_graphs_loss_and_gradients(
+        tmp_path) -> None:  # noqa: ANN001
+    import random
+
+    from crossrank.train.data import RankingList
+    from crossrank.train.trainer import TrainConfig, Trainer
+
+    source = tiny_bi_encoder(tmp_path / "bi")
+    lists = [RankingList(query="apple", documents=TRAIN_DOCUMENTS, teacher=TEACHER, query_id="q",
+                         document_ids=list("abcde"), labels=[1, 0, 0, 0, 0])]
+    settings = dict(base=str(source), architecture="gated", label_loss="listwise", teacher_loss="kl",
+                    temperature=1.0, first_stage_weight=0.0, group_size=5, lists_per_step=3, device="cpu",
+                    bf16=False, max_length=128)
+    joint = Trainer(TrainConfig(**settings), lists, tmp_path / "joint", log=lambda _: None)
+    factorised = Trainer(TrainConfig(**settings, freeze_gates=True), lists, tmp_path / "factorised",
+                         log=lambda _: None)
+    assert joint.segments is None and factorised.segments is not None
+    batches = [next(trainer._batches(random.Random(0))) for trainer in (joint, factorised)]
+
+    def tokens(batch: dict) -> int:
+        return sum(arrays["attention_mask"].sum() for _, arrays in batch["micro_batches"])
+
+    # the query is read once for the step, each distinct document once: far fewer tokens than 15 joint pairs
+    assert tokens(batches[1]) < 0.5 * tokens(batches[0])
+    losses = []
+    for trainer, batch in zip((joint, factorised), batches, strict=True):
+        trainer.model.eval()  # no dropout: the two passes must agree exactly
+        losses.append(trainer._loss(batch))
+        losses[-1].backward()
+    assert losses[1].item() == pytest.approx(losses[0].item(), abs=1e-5)
+    for (name, ours), (_, theirs) in zip(factorised.model.named_parameters(), joint.model.named_parameters(),
+                                         strict=True):
+        if name != "cross_gates":  # frozen in the factorised run, learnable in the joint one
+            np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(factorised.score_lists(lists)[0], joint.score_lists(lists)[0], atol=1e-5)
+    # gates that are not all closed train jointly even when frozen: factorising would change the scores
+    with torch.no_grad():
+        joint.model.cross_gates[0, 0] = 0.5
+    joint.model.save(tmp_path / "open", source, max_length=128)
+    reopened = Trainer(TrainConfig(**settings | {"base": str(tmp_path / "open"), "freeze_gates": True}), lists,
+                       tmp_path / "reopened", log=lambda _: None)
+    assert reopened.segments is None
+
+
 def test_weight_space_blend_runs_from_the_start_to_the_tuned_model(tiny_gated_dir) -> None:  # noqa: ANN001
     start = GatedCrossEncoder.from_bi_encoder(tiny_gated_dir.parent / "bi")
     tuned = GatedCrossEncoder.from_checkpoint(tiny_gated_dir)

@@ -24,9 +24,10 @@ from crossrank.datasets import BeirDataset, Qrels, Run, ranked
 from crossrank.model.backends.cpu_features import cpu_has_native_bf16
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
+from crossrank.model.factorised import FactorisedScorer
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
-from crossrank.model.graphs import ClassificationGraph
-from crossrank.model.tokenization import PairEncoder, load_tokenizer
+from crossrank.model.graphs import ClassificationGraph, SegmentGraph
+from crossrank.model.tokenization import EncodedRow, PairEncoder, load_tokenizer
 from crossrank.train.data import RankingList, candidate_lists
 from crossrank.train.losses import LABEL_LOSSES, TEACHER_LOSSES
 from crossrank.train.teacher import fuse
@@ -231,6 +232,11 @@ class Trainer:
         self.model.to(self.device)
         if config.freeze_gates and not isinstance(self.model, GatedCrossEncoder):
             raise ValueError(FREEZE_NEEDS_GATES)
+        # Frozen closed gates: the student is trained one segment at a time, as the engine scores it
+        # (`crossrank.model.factorised`) — the same logits and gradients as the joint pass, on fewer, cheaper tokens.
+        self.segments = SegmentGraph(self.model) if (
+            config.freeze_gates and isinstance(self.model, GatedCrossEncoder)
+            and not self.model.cross_gates.detach().any()) else None
         if isinstance(self.model, GatedCrossEncoder):
             self.model.cross_gates.requires_grad_(not config.freeze_gates)
             self.model.gradient_checkpointing = config.gradient_checkpointing
@@ -302,20 +308,53 @@ class Trainer:
                     fused = fuse(item.teacher, item.first_stage, config.first_stage_weight)
                     teacher[row, : len(group)] = fused[group]
                     has_teacher[row] = True
-            # Length-sorted micro-batches under a token budget: short pairs are not padded to the step's longest.
-            micro = list(iter_batches(rows, config.batch_tokens, self.pad_id))
-            yield {"micro_batches": micro, "rows": len(rows), "mask": mask, "labels": labels, "teacher": teacher,
+            yield {**self._inputs(rows, config.batch_tokens), "mask": mask, "labels": labels, "teacher": teacher,
                    "has_labels": has_labels, "has_teacher": has_teacher}
+
+    def _inputs(self, rows: Sequence[EncodedRow], batch_tokens: int) -> dict:
+        """Length-sorted micro-batches under a token budget (short inputs are not padded to the longest): of the
+        joint pair rows, or — factorised — of each distinct query and document segment once, with every pair's
+        (query, document) segment positions."""
+        if self.segments is None:
+            return {"micro_batches": list(iter_batches(rows, batch_tokens, self.pad_id)), "outputs": len(rows),
+                    "pairs": None}
+        index: dict[bytes, int] = {}
+        segments: list[EncodedRow] = []
+        pairs = np.empty((len(rows), 2), dtype=np.int64)
+        for i, row in enumerate(rows):
+            for side, ids in enumerate(FactorisedScorer.split(row)):
+                key = ids.tobytes()
+                if key not in index:
+                    index[key] = len(segments)
+                    segments.append(EncodedRow(len(segments), ids, np.zeros_like(ids)))
+                pairs[i, side] = index[key]
+        micro = [(indices, {k: arrays[k] for k in ("input_ids", "attention_mask")})
+                 for indices, arrays in iter_batches(segments, batch_tokens, self.pad_id)]
+        return {"micro_batches": micro, "outputs": len(segments), "pairs": pairs}
+
+    def _logits(self, inputs: dict) -> torch.Tensor:
+        """One logit per pair row of `_inputs`: the joint graph's, or the segment vectors' dot product plus the
+        query's [CLS] term (`FactorisedScorer.logits`, differentiable)."""
+        device = self.device
+        graph = self.model if self.segments is None else self.segments
+        outputs = None
+        for indices, arrays in inputs["micro_batches"]:
+            tensors = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = graph(**tensors).float()
+            if outputs is None:
+                outputs = torch.zeros((inputs["outputs"], out.shape[1]), device=device)
+            outputs = outputs.index_put((torch.from_numpy(indices).to(device),), out)
+        if inputs["pairs"] is None:
+            return outputs[:, 0]
+        pairs = torch.from_numpy(inputs["pairs"]).to(device)
+        query, document = outputs[pairs[:, 0]], outputs[pairs[:, 1]]
+        return (query[:, :-1] * document[:, :-1]).sum(-1) + query[:, -1]
 
     def _loss(self, batch: dict) -> torch.Tensor:
         config, device = self.config, self.device
         mask = torch.from_numpy(batch["mask"]).to(device)
-        flat = torch.zeros(batch["rows"], device=device)
-        for indices, arrays in batch["micro_batches"]:
-            inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(**inputs)[:, 0].float()
-            flat = flat.index_put((torch.from_numpy(indices).to(device),), logits)
+        flat = self._logits(batch)
         logits = torch.zeros(mask.shape, device=device, dtype=flat.dtype).masked_scatter(mask, flat)
         loss = logits.sum() * 0.0
         rows = torch.from_numpy(batch["has_labels"]).to(device)
@@ -337,11 +376,7 @@ class Trainer:
         queries = [item.query for item in lists for _ in item.documents]
         documents = [doc for item in lists for doc in item.documents]
         rows, _ = self.pair_encoder.encode(queries, documents)
-        flat = np.zeros(len(rows), dtype=np.float32)
-        for indices, batch in iter_batches(rows, batch_tokens, self.pad_id):
-            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                flat[indices] = self.model(**inputs)[:, 0].float().cpu().numpy()
+        flat = self._logits(self._inputs(rows, batch_tokens)).cpu().numpy() if rows else np.zeros(0, np.float32)
         self.model.train()
         bounds = np.cumsum([0] + [len(item.documents) for item in lists])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
