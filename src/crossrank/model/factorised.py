@@ -32,7 +32,7 @@ from crossrank.model.segment_store import segment_key
 from crossrank.model.tokenization import EncodedRow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from tqdm import tqdm
@@ -88,44 +88,29 @@ class FactorisedScorer:
 
     def logits(self, rows: Sequence[EncodedRow], progress: tqdm | None = None, use_cache: bool = True) -> np.ndarray:
         """One logit per joint row (same order); `progress` is reset to count the distinct segments encoded."""
-        index: dict[bytes, int] = {}  # a segment's token bytes → its position in `segments`
-        segments: list[np.ndarray] = []
-        pairs = np.empty((len(rows), 2), dtype=np.int64)
-
-        def segment_of(ids: np.ndarray) -> int:
-            key = ids.tobytes()
-            if key not in index:
-                index[key] = len(segments)
-                segments.append(ids)
-            return index[key]
-
-        for i, row in enumerate(rows):
-            query, document = self.split(row)
-            pairs[i] = segment_of(query), segment_of(document)
+        segments, pairs = distinct_segments(rows)
         if not segments:
             return np.zeros(0, dtype=np.float32)
-        vectors = self._vectors(segments, list(index), progress, use_cache)
+        vectors = self._vectors(segments, progress, use_cache)
         queries, documents = vectors[pairs[:, 0]], vectors[pairs[:, 1]]
         return (np.einsum("ij,ij->i", queries[:, :-1], documents[:, :-1]) + queries[:, -1]).astype(np.float32)
 
     def encode(self, segments: Sequence[np.ndarray], progress: tqdm | None = None) -> list[np.ndarray]:
         """The segments graph's output row for each segment (token ids with their special tokens), by the model."""
         vectors: list[np.ndarray] = [np.empty(0)] * len(segments)
-        rows = [EncodedRow(i, ids, np.zeros_like(ids)) for i, ids in enumerate(segments)]
-        for indices, batch in iter_batches(rows, self.batch_tokens, self.pad_id):
+        for indices, batch in segment_batches(segments, self.batch_tokens, self.pad_id):
             for i, vector in zip(indices, self.run(batch), strict=True):
                 vectors[i] = vector.copy()  # a kept row must not hold its whole batch's output alive
             if progress is not None:
                 progress.update(len(indices))
         return vectors
 
-    def _vectors(self, segments: list[np.ndarray], token_bytes: list[bytes], progress: tqdm | None,
-                 use_cache: bool) -> np.ndarray:
+    def _vectors(self, segments: list[np.ndarray], progress: tqdm | None, use_cache: bool) -> np.ndarray:
         """One row per segment: from the first memory that has it (the cache, then the stores), from the model for
         the rest."""
         cache = self.cache if use_cache else None
         memories = ([cache] if cache is not None else []) + (list(self.stores.values()) if use_cache else [])
-        keys = [SegmentCache.key(raw) for raw in token_bytes] if memories else []
+        keys = [SegmentCache.key(segment.tobytes()) for segment in segments] if memories else []
         vectors: list[np.ndarray | None] = [None] * len(segments)
         for memory in memories:
             unknown = [i for i, vector in enumerate(vectors) if vector is None]
@@ -142,6 +127,28 @@ class FactorisedScorer:
         if cache is not None and missing:
             cache.put_many([keys[i] for i in missing], [vectors[i] for i in missing])
         return np.stack(vectors).astype(np.float32, copy=False)
+
+
+def distinct_segments(rows: Sequence[EncodedRow]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The joint rows' query and document segments with each distinct one listed once — the work factorising
+    saves: (segments, pairs), where pairs[i] holds row i's query and document positions in `segments`."""
+    index: dict[bytes, int] = {}  # a segment's token bytes → its position in `segments`
+    segments: list[np.ndarray] = []
+    pairs = np.empty((len(rows), 2), dtype=np.int64)
+    for i, row in enumerate(rows):
+        for side, ids in enumerate(FactorisedScorer.split(row)):
+            position = index.setdefault(ids.tobytes(), len(segments))
+            if position == len(segments):
+                segments.append(ids)
+            pairs[i, side] = position
+    return segments, pairs
+
+
+def segment_batches(segments: Sequence[np.ndarray], batch_tokens: int, pad_id: int
+                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Lone segments (token ids with their special tokens, token type 0) in length-sorted padded batches."""
+    return iter_batches([EncodedRow(i, ids, np.zeros_like(ids)) for i, ids in enumerate(segments)], batch_tokens,
+                        pad_id)
 
 
 def close_gates(source: Path, out: Path) -> Path:

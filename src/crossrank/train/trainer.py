@@ -24,7 +24,7 @@ from crossrank.datasets import BeirDataset, Qrels, Run, ranked
 from crossrank.model.backends.cpu_features import cpu_has_native_bf16
 from crossrank.model.batching import iter_batches
 from crossrank.model.checkpoint import Checkpoint, resolve_model_path
-from crossrank.model.factorised import FactorisedScorer
+from crossrank.model.factorised import distinct_segments, segment_batches
 from crossrank.model.gated import GatedCrossEncoder, fp16_state, is_gated, write_pair_tokenizer
 from crossrank.model.graphs import ClassificationGraph, SegmentGraph
 from crossrank.model.tokenization import EncodedRow, PairEncoder, load_tokenizer
@@ -235,8 +235,7 @@ class Trainer:
         # Frozen closed gates: the student is trained one segment at a time, as the engine scores it
         # (`crossrank.model.factorised`) — the same logits and gradients as the joint pass, on fewer, cheaper tokens.
         self.segments = SegmentGraph(self.model) if (
-            config.freeze_gates and isinstance(self.model, GatedCrossEncoder)
-            and not self.model.cross_gates.detach().any()) else None
+            config.freeze_gates and not self.model.cross_gates.detach().any()) else None
         if isinstance(self.model, GatedCrossEncoder):
             self.model.cross_gates.requires_grad_(not config.freeze_gates)
             self.model.gradient_checkpointing = config.gradient_checkpointing
@@ -318,18 +317,9 @@ class Trainer:
         if self.segments is None:
             return {"micro_batches": list(iter_batches(rows, batch_tokens, self.pad_id)), "outputs": len(rows),
                     "pairs": None}
-        index: dict[bytes, int] = {}
-        segments: list[EncodedRow] = []
-        pairs = np.empty((len(rows), 2), dtype=np.int64)
-        for i, row in enumerate(rows):
-            for side, ids in enumerate(FactorisedScorer.split(row)):
-                key = ids.tobytes()
-                if key not in index:
-                    index[key] = len(segments)
-                    segments.append(EncodedRow(len(segments), ids, np.zeros_like(ids)))
-                pairs[i, side] = index[key]
+        segments, pairs = distinct_segments(rows)
         micro = [(indices, {k: arrays[k] for k in ("input_ids", "attention_mask")})
-                 for indices, arrays in iter_batches(segments, batch_tokens, self.pad_id)]
+                 for indices, arrays in segment_batches(segments, batch_tokens, self.pad_id)]
         return {"micro_batches": micro, "outputs": len(segments), "pairs": pairs}
 
     def _logits(self, inputs: dict) -> torch.Tensor:
